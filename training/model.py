@@ -109,8 +109,12 @@ class Architecture:
         """Image in, calibrated scores out: the model that is shipped."""
         image = keras.Input((self.size, self.size, 3), name="image")
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(image)
-        logits = self.trainer(self.stem(x))
-        scores = keras.layers.Softmax(name="scores")(logits)
+        # Call the trainer's layers rather than the trainer itself: a nested
+        # compiled model would drag its optimizer state into the saved file.
+        x = self.top(self.stem(x))
+        for name in ("pool", "dropout", "logits"):
+            x = self.trainer.get_layer(f"{self.kind}_{name}")(x)
+        scores = keras.layers.Softmax(name="scores")(x)
         return keras.Model(image, scores, name=f"farmeye_{self.kind}")
 
 
