@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from farmeye.imaging import center_square, open_image, to_array, trim_white_border
+from farmeye.imaging import open_image, preprocess, trim_white_border
 from farmeye.labels import label_index
 from training.augment import random_view
 from training.dataset import Sample
@@ -74,8 +74,10 @@ class FeatureCache:
 def _views_of(task: tuple[str, int, int, tuple[int, ...]]) -> list[list[np.ndarray]]:
     """Decode one photo into its views at every size (runs in a worker)."""
     path, views, seed, sizes = task
-    image = trim_white_border(open_image(Path(path).read_bytes()))
-    out = [[to_array(center_square(image), size) for size in sizes]]
+    data = Path(path).read_bytes()
+    # View 0 is exactly the production input, draft-mode decode included.
+    out = [[preprocess(data, size) for size in sizes]]
+    image = trim_white_border(open_image(data))
     rng = random.Random(seed)
     for _ in range(views - 1):
         out.append(random_view(image, sizes, rng))
