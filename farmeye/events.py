@@ -36,7 +36,7 @@ def make_event(
     type: str,
     *,
     farm_id: int | str,
-    coop_id: int | str,
+    coop_id: int | str | None,
     device_id: str | None = None,
     capture_id: int | None = None,
     label: str | None = None,

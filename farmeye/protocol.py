@@ -89,6 +89,8 @@ ERROR_CODES: Final[Mapping[str, bool]] = {
     "auth_failed": False,
     "device_revoked": False,
     "unexpected_message": False,
+    "handshake_timeout": True,
+    "idle_timeout": True,
     # Uploads and commands: answer one request, the connection stays open.
     "checksum_mismatch": True,
     "bad_image": False,

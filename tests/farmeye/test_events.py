@@ -66,7 +66,7 @@ def test_encoded_event_is_compact_utf8_json() -> None:
         ({"scores": {"flu": 0.5}}, "scores"),
         ({"capture_id": 0}, "capture_id"),
         ({"device_id": "camera-1"}, "device_id"),
-        ({"coop_id": None}, "coop_id"),
+        ({"coop_id": 0}, "coop_id"),
         ({"model_version": ""}, "model_version"),
         ({"Bad-Key": 1}, "top level"),
         ({"time": "yesterday"}, "time"),
@@ -78,6 +78,12 @@ def test_invalid_events_are_refused_naming_the_field(
     """make_event raises ValueError that names the field breaking event.json."""
     with pytest.raises(ValueError, match=field):
         triage_event(**overrides)
+
+
+def test_farm_wide_alert_has_no_coop() -> None:
+    """An alert may concern the whole farm, with coop_id null."""
+    alert = events.make_event("alert", farm_id=1, coop_id=None, message="feed")
+    assert events.decode_event(events.encode_event(alert))["coop_id"] is None
 
 
 def test_unknown_event_type_is_refused() -> None:
