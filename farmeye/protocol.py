@@ -87,7 +87,6 @@ ERROR_CODES: Final[Mapping[str, bool]] = {
     # Session: authentication and message order.
     "auth_required": False,
     "auth_failed": False,
-    "device_revoked": False,
     "unexpected_message": False,
     "handshake_timeout": True,
     "idle_timeout": True,

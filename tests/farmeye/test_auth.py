@@ -68,6 +68,21 @@ def test_make_verifier_refuses_bad_parameters(
         auth.make_verifier(secret, salt, iterations)
 
 
+def test_documented_test_vector() -> None:
+    """The verifier and proof match the vector in docs/protocol.md."""
+    device = auth.DeviceCredentials(
+        "dev_3f9a0c1d2e4b5a6978ab", "uD1pZ3Vz7cbrXKgxN4Zr0bW6yq9E3tFQ2hKjLmNoPqA"
+    )
+    salt = "8f3c2a7d9e1b4c6a0f5d3e2b1a9c8d7e"
+    nonce = "5b1f0c7e9a2d4f6b8c3e1a0d7f9b2c4e6a8d0f1b3c5e7a9d2f4b6c8e0a1d3f5b"
+    assert device.verifier(salt, 100_000).hex() == (
+        "861d54f98ecef6c89b2b19adbeacb83fb2faa0f38f2f86b0d0017ef14ea65e87"
+    )
+    assert device.answer(nonce, salt, 100_000) == (
+        "21ef7a85a09eaa1a65380b6c7094dda68dfd3f5b801e372748d9a5f5504b9a12"
+    )
+
+
 def test_proof_is_accepted_only_for_its_nonce_and_verifier() -> None:
     """check_proof accepts the right proof and refuses any other nonce or key."""
     _, verifier, _ = auth.make_verifier("s3cret", iterations=FAST)
