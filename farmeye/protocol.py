@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-import referencing
-import referencing.jsonschema
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import best_match
 
@@ -103,7 +101,7 @@ ERROR_CODES: Final[Mapping[str, bool]] = {
 Peers must accept codes not listed here and act on the frame's ``retryable``.
 """
 
-_SCHEMA_BASE_URI: Final = "https://farmeye.invalid/schemas/"
+_ANNOTATIONS: Final = frozenset({"title", "description"})
 _ERROR_TEXT_CHARS: Final = 300
 
 
@@ -206,6 +204,7 @@ class FrameDecoder:
             )
         self.max_payload_bytes = max_payload_bytes
         self._buffer = bytearray()
+        self._start = 0  # first buffered byte not yet returned in a frame
         self._lengths: tuple[int, int] | None = None
         self._header: dict[str, Any] | None = None
         self._failure: ProtocolError | None = None
@@ -216,14 +215,26 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add received bytes; return the frames they complete, in order."""
+        """Add received bytes; return the frames they complete, in order.
+
+        Frames completed earlier in the same chunk as a bad one are dropped
+        with it: the device resends whatever was not acknowledged.
+        """
         self._raise_if_failed()
         self._buffer += data
+        frames: list[Frame] = []
         try:
-            return list(self._complete_frames())
+            while (frame := self._next_frame()) is not None:
+                frames.append(frame)
         except ProtocolError as exc:
             self._fail(exc)
             raise
+        finally:
+            # One compaction per chunk, not per frame: a chunk of many small
+            # frames must not move the rest of the buffer once for each.
+            del self._buffer[: self._start]
+            self._start = 0
+        return frames
 
     def eof(self) -> None:
         """Declare the stream ended; raise if it stopped inside a frame."""
@@ -237,38 +248,45 @@ class FrameDecoder:
             self._fail(exc)
             raise exc
 
-    def _complete_frames(self) -> Iterator[Frame]:
-        """Each step runs once its bytes are in, so errors surface early."""
-        while True:
+    def _next_frame(self) -> Frame | None:
+        """The next complete frame, or None; each check runs once its bytes arrive."""
+        if self._lengths is None:
+            self._lengths = _check_prefix(
+                self._view(0, PREFIX_BYTES), self.max_payload_bytes
+            )
             if self._lengths is None:
-                self._lengths = _check_prefix(self._buffer, self.max_payload_bytes)
-                if self._lengths is None:
-                    return
-            header_len, payload_len = self._lengths
-            header_end = PREFIX_BYTES + header_len
-            if self._header is None:
-                if len(self._buffer) < header_end:
-                    return
-                self._header = decode_header(
-                    self._slice(PREFIX_BYTES, header_end), payload_len
-                )
-            frame_end = header_end + payload_len
-            if len(self._buffer) < frame_end:
-                return
-            frame = Frame(self._header, self._slice(header_end, frame_end))
-            del self._buffer[:frame_end]
-            self._lengths = self._header = None
-            yield frame
+                return None
+        header_len, payload_len = self._lengths
+        header_end = PREFIX_BYTES + header_len
+        if self._header is None:
+            if self._available() < header_end:
+                return None
+            raw_header = self._view(PREFIX_BYTES, header_end)
+            self._header = decode_header(raw_header, payload_len)
+        frame_end = header_end + payload_len
+        if self._available() < frame_end:
+            return None
 
-    def _slice(self, start: int, end: int) -> bytes:
-        """Copy part of the buffer once, without an intermediate bytearray."""
+        frame = Frame(self._header, self._view(header_end, frame_end))
+        self._start += frame_end
+        self._lengths = None
+        self._header = None
+        return frame
+
+    def _available(self) -> int:
+        return len(self._buffer) - self._start
+
+    def _view(self, start: int, end: int) -> bytes:
+        """Copy bytes ``start:end`` of the current frame, once."""
         with memoryview(self._buffer) as view:
-            return bytes(view[start:end])
+            return bytes(view[self._start + start : self._start + end])
 
     def _fail(self, exc: ProtocolError) -> None:
         self._failure = exc
         self._buffer.clear()
-        self._lengths = self._header = None
+        self._start = 0
+        self._lengths = None
+        self._header = None
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -279,9 +297,8 @@ class FrameDecoder:
             )
 
 
-def _check_prefix(buffer: bytearray, max_payload_bytes: int) -> tuple[int, int] | None:
+def _check_prefix(start: bytes, max_payload_bytes: int) -> tuple[int, int] | None:
     """Header and payload lengths once 12 bytes are in; raise as soon as wrong."""
-    start = bytes(buffer[:PREFIX_BYTES])
     _check_leading_bytes(start)
     if len(start) >= 8:
         _check_header_length(int.from_bytes(start[4:8], "big"))
@@ -475,24 +492,44 @@ def schema_validator(name: str) -> Any:
 
     Patterns use end-of-string ``$`` as in JavaScript and Go, and JSON floats
     such as ``1.0`` are not integers, so every language reads the files alike.
+    References into ``common.json`` are inlined once here: resolving them on
+    every frame tripled the cost of validating one.
     """
     schema = schemas.load(name)
     validator_class = _validator_class()
     validator_class.check_schema(schema)
-    return validator_class(schema, registry=_registry())
+    return validator_class(_inline_refs(schema, _common_defs()))
 
 
 @functools.cache
-def _registry() -> referencing.Registry[Any]:
-    """Resolves ``common.json#/$defs/...`` from disk, never from the network."""
-    common = schemas.load("common")
-    resource = referencing.Resource.from_contents(
-        common, default_specification=referencing.jsonschema.DRAFT202012
-    )
-    registry: referencing.Registry[Any] = referencing.Registry().with_resource(
-        _SCHEMA_BASE_URI + "common.json", resource
-    )
-    return registry
+def _common_defs() -> dict[str, Any]:
+    defs: dict[str, Any] = schemas.load("common")["$defs"]
+    return defs
+
+
+def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
+    """A copy of ``node`` with each ``$ref`` to a common definition replaced."""
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copy = {key: _inline_refs(value, defs) for key, value in node.items()}
+    ref = copy.pop("$ref", None)
+    if ref is None:
+        return copy
+
+    target = _inline_refs(defs[_definition_name(ref)], defs)
+    if (copy.keys() & target.keys()) - _ANNOTATIONS:
+        # Both constrain the same keyword (say maxLength): both must hold.
+        return {"allOf": [target], **copy}
+    return {**target, **copy}
+
+
+def _definition_name(ref: str) -> str:
+    for prefix in ("common.json#/$defs/", "#/$defs/"):
+        if ref.startswith(prefix):
+            return ref.removeprefix(prefix)
+    raise ValueError(f"schema reference {ref!r} is not to common.json#/$defs/")
 
 
 @functools.cache

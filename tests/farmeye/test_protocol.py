@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 import schemas
 from farmeye import auth, protocol
@@ -503,6 +506,26 @@ def test_every_message_type_has_a_valid_schema() -> None:
     assert protocol.DEVICE_TO_HUB | protocol.HUB_TO_DEVICE == set(
         protocol.MESSAGE_TYPES
     )
+
+
+def reference_validator(name: str) -> Any:
+    """A stock jsonschema validator resolving common.json as other tools would."""
+    registry = Registry().with_resource(
+        schemas.load("common")["$id"],
+        Resource.from_contents(schemas.load("common"), DRAFT202012),
+    )
+    return Draft202012Validator(schemas.load(name), registry=registry)
+
+
+@SETTINGS
+@given(message=messages)
+def test_schema_files_accept_what_the_codec_accepts(
+    message: tuple[dict[str, Any], bytes],
+) -> None:
+    """A stock validator reading the raw files accepts every valid message."""
+    header, _ = message
+    errors = list(reference_validator(header["type"]).iter_errors(header))
+    assert errors == []
 
 
 def test_schemas_agree_with_python_constants() -> None:
