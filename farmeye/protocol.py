@@ -121,6 +121,10 @@ class ProtocolError(Exception):
             ERROR_CODES.get(code, False) if retryable is None else retryable
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Keep code and retryable when the error crosses a process boundary."""
+        return (type(self), (self.code, str(self)), {"retryable": self.retryable})
+
     def to_header(self, id: int | None = None) -> dict[str, Any]:
         """The ``error`` header that tells the peer about this failure."""
         return error(self.code, str(self)[:1024], self.retryable, id)

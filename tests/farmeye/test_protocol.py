@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import struct
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -588,6 +589,13 @@ def test_protocol_error_becomes_a_valid_error_frame() -> None:
     assert frame.header["retryable"] is False
     assert frame.header["id"] == 4
     assert ProtocolError("custom_code", "x", retryable=True).retryable
+
+
+def test_protocol_error_survives_pickling() -> None:
+    """Code, message and retryable survive a trip through a process pool."""
+    exc = ProtocolError("internal", "store failed", retryable=False)
+    copy = pickle.loads(pickle.dumps(exc))  # noqa: S301 (our own bytes)
+    assert (copy.code, str(copy), copy.retryable) == ("internal", "store failed", False)
 
 
 def test_verify_upload_detects_a_corrupted_photo() -> None:
