@@ -402,6 +402,12 @@ class EmbeddedPostgres(_ChildServer):
         self._clear_stale_pid()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
+        elif not (self.base_dir / "password").exists():
+            raise EmbeddedServerError(
+                f"PostgreSQL data in {self.pgdata} has lost its password file "
+                f"{self.base_dir / 'password'}; restore it, or remove "
+                f"{self.base_dir} to start with an empty database"
+            )
 
     def _prepare_retry(self) -> None:
         self._clear_stale_pid()
@@ -466,8 +472,9 @@ class EmbeddedPostgres(_ChildServer):
             "unix_socket_directories=",
         ]
         if not self.fsync:
-            command += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
-            command += ["-c", "full_page_writes=off"]
+            # Without fsync a crash of the machine may lose data, a crash of
+            # PostgreSQL alone does not: committed WAL is in the OS cache.
+            command += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         return command
 
     def _popen_identity(self) -> dict[str, Any]:
@@ -502,7 +509,7 @@ class EmbeddedPostgres(_ChildServer):
         pid = _first_int(pid_file)
         if pid is None:
             return
-        if _process_runs(pid, must_mention=str(self.pgdata)):
+        if _process_runs(pid, in_dir=self.pgdata):
             logger.warning(
                 "stopping PostgreSQL (pid %s) left running on %s by an earlier run",
                 pid,
@@ -622,7 +629,7 @@ class EmbeddedRedis(_ChildServer):
         pid = _first_int(pid_file)
         if pid is None:
             return
-        if _process_runs(pid, must_mention=str(self.config_path)):
+        if _process_runs(pid, in_dir=self.base_dir):
             logger.warning(
                 "stopping Redis (pid %s) left running by an earlier run", pid
             )
@@ -875,11 +882,12 @@ def _first_int(path: Path) -> int | None:
         return None
 
 
-def _process_runs(pid: int, *, must_mention: str) -> bool:
-    """Whether ``pid`` is a live process whose command line has ``must_mention``.
+def _process_runs(pid: int, *, in_dir: Path) -> bool:
+    """Whether ``pid`` is a live server working in ``in_dir``.
 
-    A pid from a file left by a crash may since belong to another program;
-    only a process started on our own files counts.
+    A pid read from a file left by a crash may since belong to another
+    program; only a process whose working folder is the server's own counts
+    (both servers change into their data folder, and rewrite their titles).
     """
     import psutil
 
@@ -887,8 +895,8 @@ def _process_runs(pid: int, *, must_mention: str) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return any(must_mention in part for part in process.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return Path(process.cwd()).resolve() == in_dir
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
         return False
 
 
