@@ -80,6 +80,12 @@ def test_invalid_events_are_refused_naming_the_field(
         triage_event(**overrides)
 
 
+def test_model_versions_from_the_shipped_card_are_accepted() -> None:
+    """Versions such as "2026-12-03-46358871/triage" (card version/kind) pass."""
+    event = triage_event(model_version="2026-12-03-46358871/triage")
+    assert events.decode_event(events.encode_event(event)) == event
+
+
 def test_farm_wide_alert_has_no_coop() -> None:
     """An alert may concern the whole farm, with coop_id null."""
     alert = events.make_event("alert", farm_id=1, coop_id=None, message="feed")
