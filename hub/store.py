@@ -1,0 +1,136 @@
+"""Content-addressed image store.
+
+A photo is stored once under the SHA-256 of its bytes, so a retried upload
+finds its file already there. :class:`ImageStore` is the small interface the
+rest of the hub uses; :class:`DiskImageStore` keeps files in the hub's data
+folder, and an object store (S3, MinIO) could implement the same four methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from farmeye.imaging import thumbnail
+
+THUMBNAIL_SIDE_PX = 256
+"""Longest side of the thumbnails served to dashboards."""
+
+_KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StoreError(OSError):
+    """A photo that could not be written or read."""
+
+
+class ImageStore(Protocol):
+    """Where photos live, addressed by the hex SHA-256 of their bytes."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` durably and return its key."""
+
+    def get(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``, or raise FileNotFoundError."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
+
+    def thumbnail(self, key: str) -> bytes:
+        """A small JPEG of the photo under ``key``, made once and kept."""
+
+
+def content_key(data: bytes) -> str:
+    """The store key of ``data``: its hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a hex SHA-256, else raise ValueError."""
+    if not _KEY_PATTERN.match(key):
+        raise ValueError(f"store key must be 64 lowercase hex digits, got {key!r}")
+    return key
+
+
+class DiskImageStore:
+    """Photos as files: ``ROOT/images/ab/cd/<sha256>.jpg``.
+
+    Writes go to a temporary file in the target folder, which is fsynced,
+    renamed into place and followed by an fsync of the folder, so a photo
+    whose ``put`` returned survives a power cut.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.images_dir = self.root / "images"
+        self.thumbnails_dir = self.root / "thumbnails"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Where the photo under ``key`` lives (it may not exist yet)."""
+        check_key(key)
+        return self.images_dir / key[:2] / key[2:4] / f"{key}.jpg"
+
+    def put(self, data: bytes) -> str:
+        key = content_key(data)
+        target = self.path(key)
+        if not target.exists():
+            _write_durably(target, data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def thumbnail(self, key: str) -> bytes:
+        check_key(key)
+        target = self.thumbnails_dir / key[:2] / f"{key}.jpg"
+        try:
+            return target.read_bytes()
+        except FileNotFoundError:
+            pass
+        small = thumbnail(self.get(key), THUMBNAIL_SIDE_PX)
+        # A lost thumbnail is remade on the next request: no fsync needed.
+        _write_durably(target, small, sync=False)
+        return small
+
+
+def _write_durably(target: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` to ``target`` atomically, fsyncing file and folder."""
+    folder = target.parent
+    if not folder.is_dir():
+        _make_dirs_durably(folder)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            if sync:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise StoreError(f"cannot store photo at {target}: {exc}") from exc
+    if sync:
+        _fsync_dir(folder)
+
+
+def _make_dirs_durably(folder: Path) -> None:
+    """Create ``folder`` and fsync each parent that gained an entry."""
+    missing = [folder, *(p for p in folder.parents if not p.exists())]
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_dir(created.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,259 @@
+"""What happens to an upload: check, store, record (group commit), then
+triage, events and dispatch after the ack.
+
+:meth:`UploadPipeline.accept` returns only when the photo is fsynced in the
+store and its row is committed, which is what makes the ack a promise. The
+inserts of concurrent uploads, from one device or many, share one transaction
+(:class:`GroupCommit`), so durability costs one commit per batch rather than
+one per photo. Triage and dispatch run afterwards and never delay the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from PIL import Image
+
+from farmeye.db import DatabaseUnavailable
+from farmeye.imaging import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from farmeye.protocol import Frame, ProtocolError
+from hub import repository
+from hub.database import Database
+from hub.dispatch import Dispatcher
+from hub.events import EventBus
+from hub.ingest import DeviceRecord, UploadResult
+from hub.metrics import HubMetrics
+from hub.repository import CaptureDraft, CaptureRow
+from hub.store import ImageStore, StoreError
+from hub.triage_pool import TriageOutcome, TriagePool
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMIT_BATCH = 128
+"""Most capture rows written in one group commit."""
+
+STORE_THREADS = 8
+"""Threads writing photos; fsync waits on the disk, not the CPU."""
+
+ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def probe_image(data: bytes) -> tuple[str, int, int]:
+    """Read only the header of a photo: ``(content type, width, height)``.
+
+    Raises ProtocolError ``bad_image`` for anything that is not a JPEG or PNG
+    of a sane size, decompression bombs included, without decoding pixels.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                kind, (width, height) = image.format, image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bad_image("image is too large to decode safely") from None
+    except Exception as exc:  # Pillow raises many types for unreadable data
+        raise _bad_image(
+            f"payload is not a readable image ({type(exc).__name__})"
+        ) from None
+    if kind not in ACCEPTED_FORMATS:
+        raise _bad_image(f"image format {kind} is not accepted")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _bad_image(f"image is {width}x{height}, over {MAX_IMAGE_PIXELS} pixels")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise _bad_image(f"image is {width}x{height}, under {MIN_IMAGE_SIDE} px a side")
+    return ACCEPTED_FORMATS[kind], width, height
+
+
+def _bad_image(reason: str) -> ProtocolError:
+    return ProtocolError(
+        "bad_image", f"{reason}; send a JPEG or PNG photo", retryable=False
+    )
+
+
+def store_photo(store: ImageStore, data: bytes, sha256: str) -> tuple[str, str]:
+    """Check and durably store one photo; ``(storage key, content type)``."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ProtocolError(
+            "checksum_mismatch",
+            f"payload has sha256 {actual}, header says {sha256}; resend the photo",
+        )
+    content_type, _, _ = probe_image(data)
+    try:
+        return store.put(data), content_type
+    except StoreError as exc:
+        logger.error("cannot store a photo: %s", exc)
+        raise ProtocolError(
+            "storage_unavailable", "the hub cannot write photos now; retry later"
+        ) from None
+
+
+def event_model_version(version: str) -> str:
+    """A model version as events may carry it: ``card/triage`` -> ``card:triage``.
+
+    Model cards name versions with a slash, which the event schema's
+    ``model_version`` pattern does not allow; the database keeps the original.
+    """
+    return version.replace("/", ":")
+
+
+class GroupCommit:
+    """Batches capture inserts of concurrent uploads into one transaction."""
+
+    def __init__(self, database: Database, metrics: HubMetrics) -> None:
+        self.database = database
+        self.metrics = metrics
+        self._queue: list[tuple[CaptureDraft, asyncio.Future[CaptureRow]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def insert(self, draft: CaptureDraft) -> CaptureRow:
+        """Insert (or find) the draft's row; return once it is committed."""
+        future: asyncio.Future[CaptureRow] = asyncio.get_running_loop().create_future()
+        self._queue.append((draft, future))
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="group-commit")
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[:MAX_COMMIT_BATCH]
+                del self._queue[:MAX_COMMIT_BATCH]
+                await self._commit(batch)
+
+    async def _commit(
+        self, batch: list[tuple[CaptureDraft, asyncio.Future[CaptureRow]]]
+    ) -> None:
+        drafts = [draft for draft, _ in batch]
+        try:
+            rows = await self.database.run(repository.insert_captures, drafts)
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.metrics.commit_batch.observe(len(batch))
+        for (_, future), row in zip(batch, rows, strict=True):
+            if not future.done():
+                future.set_result(row)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class UploadPipeline:
+    """The hub's :class:`hub.ingest.UploadSink`."""
+
+    def __init__(
+        self,
+        store: ImageStore,
+        database: Database,
+        triage: TriagePool,
+        dispatcher: Dispatcher,
+        bus: EventBus,
+        metrics: HubMetrics,
+    ) -> None:
+        self.store = store
+        self.database = database
+        self.triage = triage
+        self.dispatcher = dispatcher
+        self.bus = bus
+        self.metrics = metrics
+        self._commits = GroupCommit(database, metrics)
+        self._executor = ThreadPoolExecutor(
+            STORE_THREADS, thread_name_prefix="hub-store"
+        )
+        self._follow_ups: set[asyncio.Task[None]] = set()
+
+    async def accept(
+        self, device: DeviceRecord, frame: Frame, received_s: float
+    ) -> UploadResult:
+        header, data = frame.header, frame.payload
+        loop = asyncio.get_running_loop()
+        key, content_type = await loop.run_in_executor(
+            self._executor, store_photo, self.store, data, header["sha256"]
+        )
+        draft = CaptureDraft(
+            device.device_id, int(device.coop_id), int(device.farm_id),
+            header["sha256"], len(data), content_type, header["captured_at"], key,
+        )  # fmt: skip
+        try:
+            row = await self._commits.insert(draft)
+        except DatabaseUnavailable as exc:
+            logger.warning("cannot record upload of %s: %s", device.device_id, exc)
+            raise ProtocolError(
+                "storage_unavailable", "the hub's database is unavailable; retry later"
+            ) from None
+        self.metrics.uploads.labels("duplicate" if row.duplicate else "new").inc()
+        if not row.duplicate:
+            self.metrics.upload_bytes.inc(len(data))
+            self._follow_up(device, row, data, received_s)
+        return UploadResult(row.capture_id, row.duplicate)
+
+    def _follow_up(
+        self, device: DeviceRecord, row: CaptureRow, data: bytes, received_s: float
+    ) -> None:
+        task = asyncio.create_task(
+            self.after_ack(device, row, data, received_s), name="after-ack"
+        )
+        self._follow_ups.add(task)
+        task.add_done_callback(self._follow_ups.discard)
+
+    async def after_ack(
+        self, device: DeviceRecord, row: CaptureRow, data: bytes, received_s: float
+    ) -> None:
+        """Announce the capture, triage it, announce the verdict, dispatch it."""
+        ids: dict[str, Any] = {
+            "farm_id": device.farm_id, "coop_id": device.coop_id,
+            "device_id": device.device_id, "capture_id": row.capture_id,
+        }  # fmt: skip
+        try:
+            verdict = asyncio.ensure_future(self.triage.classify(data))
+            await self.bus.emit(
+                "capture", **ids, captured_at=row.captured_at.isoformat()
+            )
+            outcome = await verdict
+            self.metrics.triage_seconds.observe(time.perf_counter() - received_s)
+            await self._record_triage(ids, outcome)
+            await self.dispatcher.dispatch(row.capture_id, data, outcome.label)
+        except Exception:
+            # The capture is safe and pending: re-dispatch picks it up later.
+            logger.exception("follow-up of capture %s failed", row.capture_id)
+
+    async def _record_triage(self, ids: dict[str, Any], outcome: TriageOutcome) -> None:
+        if not outcome.ok or outcome.label is None:
+            logger.warning("capture %s has no triage verdict: %s",
+                           ids["capture_id"], outcome.error)  # fmt: skip
+            await self.bus.emit("triage", **ids, error=outcome.error)
+            return
+        event = self.bus.emit(
+            "triage", **ids, label=outcome.label, scores=outcome.scores,
+            model_version=event_model_version(outcome.model_version),
+            latency_ms=outcome.latency_ms,
+        )  # fmt: skip
+        save = self.database.run(
+            repository.save_triage, ids["capture_id"], outcome.label,
+            outcome.scores, outcome.model_version, outcome.latency_ms,
+        )  # fmt: skip
+        await asyncio.gather(event, save)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Let follow-ups in progress finish, then stop the writers."""
+        if self._follow_ups:
+            await asyncio.wait(list(self._follow_ups), timeout=grace_s)
+        for task in list(self._follow_ups):
+            task.cancel()
+        self._commits.close()
+        self._executor.shutdown(wait=True)
