@@ -95,15 +95,6 @@ def store_photo(store: ImageStore, data: bytes, sha256: str) -> tuple[str, str]:
         ) from None
 
 
-def event_model_version(version: str) -> str:
-    """A model version as events may carry it: ``card/triage`` -> ``card:triage``.
-
-    Model cards name versions with a slash, which the event schema's
-    ``model_version`` pattern does not allow; the database keeps the original.
-    """
-    return version.replace("/", ":")
-
-
 class GroupCommit:
     """Batches capture inserts of concurrent uploads into one transaction."""
 
@@ -240,8 +231,7 @@ class UploadPipeline:
             return
         event = self.bus.emit(
             "triage", **ids, label=outcome.label, scores=outcome.scores,
-            model_version=event_model_version(outcome.model_version),
-            latency_ms=outcome.latency_ms,
+            model_version=outcome.model_version, latency_ms=outcome.latency_ms,
         )  # fmt: skip
         save = self.database.run(
             repository.save_triage, ids["capture_id"], outcome.label,
