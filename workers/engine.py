@@ -1,0 +1,284 @@
+"""The analysis of one task, from photo bytes to a stored, announced result.
+
+Each Celery task thread calls :meth:`AnalysisEngine.analyse` and blocks until
+its capture's analysis is committed and announced; only then does the task
+return and Celery acknowledge it. In between, the photo passes two batchers:
+
+1. ``inference``: up to ``batch_size`` photos per forward pass; Grad-CAM maps
+   for the photos the model does not call healthy come out of the same pass.
+2. ``storage``: the analyses finished together, heatmap PNGs included (drawn
+   by the task threads themselves, off the model's thread), are committed in
+   one transaction and announced in one Redis pipeline.
+
+So the model is busy with the next batch while the previous one is drawn and
+committed. Failures become :class:`RetryLater` (the task goes back to the
+queue) or a stored ``failed`` analysis once a photo has used its attempts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from farmeye.imaging import ImageError, preprocess
+from workers import metrics
+from workers.announce import Announcer
+from workers.batching import Batcher
+from workers.heatmap import render_overlay
+from workers.runner import Inference
+from workers.settings import WorkerSettings
+from workers.store import (
+    AnalysisRecord,
+    AnalysisStore,
+    StoredAnalysis,
+    StoreUnavailable,
+    UnknownCapture,
+)
+
+logger = logging.getLogger(__name__)
+
+STORE_WAIT_S = 0.005
+"""How long the storage batcher waits for the rest of a model batch."""
+
+ResultT = TypeVar("ResultT")
+
+
+class Runner(Protocol):
+    """What the engine needs of :class:`workers.runner.ModelRunner`."""
+
+    version: str
+    input_size: int
+
+    def run(self, pixels: np.ndarray) -> list[Inference]: ...
+
+
+class RetryLater(Exception):
+    """The task should go back to the queue and run again after ``delay_s``."""
+
+    def __init__(self, reason: str, message: str, delay_s: float) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    """One ``farmeye.analyse`` task as the engine sees it."""
+
+    capture_id: int
+    image_b64: str
+    attempt: int = 1
+    priority: int = 0
+    published_at_s: float | None = None
+    """Wall-clock time the hub sent the task (for the queue wait metric)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a job: its stored analysis, or why there is none."""
+
+    status: str
+    analysis: StoredAnalysis | None = None
+
+
+@dataclass(frozen=True)
+class _Photo:
+    pixels: np.ndarray
+    published_at_s: float | None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    inference: Inference
+    batch_size: int
+
+
+class AnalysisEngine:
+    """Batches, runs, stores and announces analyses for many task threads."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        store: AnalysisStore,
+        announcer: Announcer,
+        settings: WorkerSettings,
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.announcer = announcer
+        self.settings = settings
+        self._inference: Batcher[_Photo, _Verdict] = Batcher(
+            self._infer_batch,
+            max_batch=settings.effective_batch_size,
+            max_wait_s=settings.effective_batch_wait_s,
+            name="farmeye-inference",
+        )
+        self._storage: Batcher[AnalysisRecord, StoredAnalysis] = Batcher(
+            self._store_batch,
+            max_batch=settings.threads,
+            max_wait_s=STORE_WAIT_S,
+            name="farmeye-storage",
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self.runner.version
+
+    def start(self) -> AnalysisEngine:
+        self._inference.start()
+        self._storage.start()
+        return self
+
+    def stop(self) -> None:
+        """Finish what is queued, then release the database and Redis."""
+        self._inference.stop()
+        self._storage.stop()
+        self.store.close()
+        self.announcer.close()
+
+    def analyse(self, job: AnalysisJob) -> Outcome:
+        """Analyse, store and announce one capture; raises :class:`RetryLater`."""
+        deadline_s = time.monotonic() + self.settings.task_deadline_s
+        try:
+            pixels = preprocess(decode_photo(job.image_b64), self.runner.input_size)
+        except ImageError as exc:
+            return self._failed(job, "image", f"photo cannot be analysed: {exc}")
+
+        photo = _Photo(pixels, job.published_at_s)
+        future = self._inference.submit(photo, job.priority)
+        try:
+            verdict = self._wait(future, deadline_s, job)
+        except RetryLater:
+            raise
+        except Exception as exc:
+            return self._failed(job, "inference", f"the model failed: {exc}")
+
+        cam = verdict.inference.cam
+        record = AnalysisRecord(
+            capture_id=job.capture_id,
+            model_version=self.runner.version,
+            status="done",
+            label=verdict.inference.label,
+            scores=verdict.inference.scores,
+            attempts=job.attempt,
+            heatmap_png=render_overlay(pixels, cam) if cam is not None else None,
+            batch_size=verdict.batch_size,
+        )
+        return self._save(record, job, deadline_s)
+
+    def _failed(self, job: AnalysisJob, reason: str, message: str) -> Outcome:
+        """Retry while attempts remain, then store the failure."""
+        metrics.FAILURES.labels(reason).inc()
+        if job.attempt <= self.settings.max_image_retries:
+            logger.info(
+                "capture %s, attempt %d: %s; retrying",
+                job.capture_id,
+                job.attempt,
+                message,
+            )
+            raise RetryLater(reason, message, self.settings.retry_delay_s)
+        logger.warning(
+            "capture %s failed after %d attempts: %s",
+            job.capture_id,
+            job.attempt,
+            message,
+        )
+        record = AnalysisRecord(
+            capture_id=job.capture_id,
+            model_version=self.runner.version,
+            status="failed",
+            error=message,
+            attempts=job.attempt,
+        )
+        deadline_s = time.monotonic() + self.settings.task_deadline_s
+        return self._save(record, job, deadline_s)
+
+    def _save(
+        self, record: AnalysisRecord, job: AnalysisJob, deadline_s: float
+    ) -> Outcome:
+        future = self._storage.submit(record, job.priority)
+        try:
+            stored = self._wait(future, deadline_s, job)
+        except UnknownCapture as exc:
+            metrics.FAILURES.labels("unknown_capture").inc()
+            logger.warning(
+                "dropping the analysis of capture %s: %s", job.capture_id, exc
+            )
+            return Outcome("unknown_capture")
+        except StoreUnavailable as exc:
+            metrics.FAILURES.labels("database").inc()
+            raise RetryLater("database", str(exc), self.settings.retry_delay_s) from exc
+        return Outcome(stored.status, stored)
+
+    def _wait(
+        self, future: Future[ResultT], deadline_s: float, job: AnalysisJob
+    ) -> ResultT:
+        try:
+            return future.result(timeout=max(0.0, deadline_s - time.monotonic()))
+        except FutureTimeout:
+            metrics.FAILURES.labels("timeout").inc()
+            raise RetryLater(
+                "timeout",
+                f"capture {job.capture_id} was not analysed within "
+                f"{self.settings.task_deadline_s:.0f} s",
+                self.settings.retry_delay_s,
+            ) from None
+
+    def _infer_batch(self, photos: Sequence[_Photo]) -> list[_Verdict]:
+        started_at_s = time.time()
+        for photo in photos:
+            if photo.published_at_s is not None:
+                metrics.QUEUE_WAIT.observe(
+                    max(0.0, started_at_s - photo.published_at_s)
+                )
+        metrics.BATCH_SIZE.observe(len(photos))
+
+        started_s = time.monotonic()
+        try:
+            inferences = self.runner.run(np.stack([photo.pixels for photo in photos]))
+        except Exception:
+            logger.exception("the model failed on a batch of %d", len(photos))
+            raise
+        metrics.INFERENCE.observe(time.monotonic() - started_s)
+        return [_Verdict(inference, len(photos)) for inference in inferences]
+
+    def _store_batch(
+        self, records: Sequence[AnalysisRecord]
+    ) -> list[StoredAnalysis | UnknownCapture]:
+        started_s = time.monotonic()
+        try:
+            results = self.store.save(records)
+        except StoreUnavailable as exc:
+            logger.warning("%d analyses wait for the database: %s", len(records), exc)
+            raise
+        except Exception:
+            logger.exception("storing %d analyses failed", len(records))
+            raise
+        stored = {
+            (item.capture_id, item.model_version): item
+            for item in results
+            if isinstance(item, StoredAnalysis)
+        }
+        self.announcer.announce(list(stored.values()))
+        metrics.STORE.observe(time.monotonic() - started_s)
+        for item in results:
+            if isinstance(item, StoredAnalysis):
+                metrics.ANALYSES.labels(item.status).inc()
+        return results
+
+
+def decode_photo(image_b64: str) -> bytes:
+    """The photo bytes of a task, or :class:`ImageError` saying what is wrong."""
+    try:
+        return base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ImageError(f"image_b64 is not valid base64 ({exc})") from None
