@@ -7,6 +7,7 @@ so that queue names, priorities and acknowledgement rules agree.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 ANALYSE_TASK = "farmeye.analyse"
@@ -48,11 +49,20 @@ def celery_settings(broker_url: str) -> dict[str, Any]:
 
 
 def analyse_arguments(
-    capture_id: int, image_b64: str, triage_label: str | None
+    capture_id: int,
+    image_b64: str,
+    triage_label: str | None,
+    *,
+    published_at: float | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of :data:`ANALYSE_TASK`: all a remote worker needs."""
+    """Keyword arguments of :data:`ANALYSE_TASK`: all a remote worker needs.
+
+    ``published_at`` (Unix time, now by default) lets workers measure how long
+    tasks wait in the queue; workers accept tasks without it.
+    """
     return {
         "capture_id": capture_id,
         "image_b64": image_b64,
         "triage_label": triage_label,
+        "published_at": time.time() if published_at is None else published_at,
     }
