@@ -31,6 +31,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -199,9 +200,17 @@ class _ChildServer:
         logger.info("%s stopped", self.name)
 
     def restart(self) -> None:
-        """Stop and start again on the same port with the same data."""
+        """Stop and start again on the same port with the same data.
+
+        Clients keep their URL: if another program took the port meanwhile,
+        this raises instead of moving to a new one.
+        """
         self.stop()
-        self.start()
+        pinned, self._pinned_port = self._pinned_port, bool(self._port)
+        try:
+            self.start()
+        finally:
+            self._pinned_port = pinned
 
     def kill(self) -> None:
         """SIGKILL the server as a crash would, leaving its files behind."""
@@ -698,15 +707,22 @@ class EmbeddedServices:
         self._managed.append((name, process))
 
     def stop(self) -> None:
-        """Stop managed processes (newest first), then Redis, then PostgreSQL."""
-        try:
-            while self._managed:
-                name, process = self._managed.pop()
-                _stop_child(name, process, self.stop_timeout_s)
-            self.redis.stop()
-            self.postgres.stop()
-        finally:
-            self._release_lock()
+        """Stop managed processes (newest first), then Redis, then PostgreSQL.
+
+        Each step runs even if an earlier one failed; the first error is
+        raised at the end.
+        """
+        with ExitStack() as steps:
+            # An ExitStack runs its callbacks last-pushed first.
+            steps.callback(self._release_lock)
+            steps.callback(self.postgres.stop)
+            steps.callback(self.redis.stop)
+            steps.callback(self._stop_managed)
+
+    def _stop_managed(self) -> None:
+        while self._managed:
+            name, process = self._managed.pop()
+            _stop_child(name, process, self.stop_timeout_s)
 
     def __enter__(self) -> EmbeddedServices:
         return self.start()

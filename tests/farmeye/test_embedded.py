@@ -227,3 +227,21 @@ def test_startup_failure_quotes_the_log(tmp_path: Path) -> None:
     with pytest.raises(EmbeddedServerError, match="exited with status") as caught:
         server.start()
     assert "databases" in str(caught.value).lower()
+
+
+def test_restart_never_moves_to_another_port(tmp_path: Path) -> None:
+    """A taken port fails restart instead of moving; once free it is reused."""
+    server = EmbeddedRedis(tmp_path / "redis", start_timeout_s=10)
+    server.start()
+    port = server.port
+    server.stop()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        with pytest.raises(EmbeddedServerError, match=f"127.0.0.1:{port}"):
+            server.restart()
+    server.start()
+    try:
+        assert server.port == port
+    finally:
+        server.stop()
