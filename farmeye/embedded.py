@@ -19,7 +19,9 @@ Things these servers need that a quick start would miss:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -29,8 +31,9 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,9 @@ LOG_TAIL_LINES = 25
 
 READY_POLL_S = 0.2
 """Pause between attempts to reach a starting server."""
+
+PR_SET_PDEATHSIG = 1
+"""Linux prctl option: a signal the kernel sends when our parent ends."""
 
 KILL_WAIT_S = 5.0
 """Seconds to wait after the last-resort signals (immediate stop, SIGKILL)."""
@@ -119,8 +125,10 @@ class _ChildServer:
         port: int | None,
         start_timeout_s: float,
         stop_timeout_s: float,
+        die_with_parent: bool,
     ) -> None:
         self.base_dir = Path(base_dir).expanduser().resolve()
+        self.die_with_parent = die_with_parent
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._pinned_port = port is not None
@@ -278,8 +286,21 @@ class _ChildServer:
                 cwd=self.base_dir,
                 env=_child_env(),
                 start_new_session=True,
+                preexec_fn=self._parent_death_hook(),
                 **self._popen_identity(),
             )
+
+    def _parent_death_hook(self) -> Callable[[], object] | None:
+        """With ``die_with_parent`` (Linux), end the server when we end.
+
+        Meant for test sessions, which may be killed without cleaning up.
+        The kernel sends the server's first stop signal when the thread that
+        started it exits, so start servers from a thread that lives as long.
+        """
+        if not self.die_with_parent or sys.platform != "linux":
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        return functools.partial(libc.prctl, PR_SET_PDEATHSIG, self.stop_signals[0])
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._process is not None  # noqa: S101 - set by _launch
@@ -367,12 +388,14 @@ class EmbeddedPostgres(_ChildServer):
         fsync: bool = True,
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
+        die_with_parent: bool = False,
     ) -> None:
         super().__init__(
             base_dir,
             port=port,
             start_timeout_s=start_timeout_s,
             stop_timeout_s=stop_timeout_s,
+            die_with_parent=die_with_parent,
         )
         self.fsync = fsync
         self.pgdata = self.base_dir / "data"
@@ -564,12 +587,14 @@ class EmbeddedRedis(_ChildServer):
         databases: int = 64,
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 15.0,
+        die_with_parent: bool = False,
     ) -> None:
         super().__init__(
             base_dir,
             port=port,
             start_timeout_s=start_timeout_s,
             stop_timeout_s=stop_timeout_s,
+            die_with_parent=die_with_parent,
         )
         self.appendonly = appendonly
         self.databases = databases
@@ -663,6 +688,7 @@ class EmbeddedServices:
         fsync: bool = True,
         start_timeout_s: float = 120.0,
         stop_timeout_s: float = 30.0,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.stop_timeout_s = stop_timeout_s
@@ -671,12 +697,14 @@ class EmbeddedServices:
             fsync=fsync,
             start_timeout_s=start_timeout_s,
             stop_timeout_s=stop_timeout_s,
+            die_with_parent=die_with_parent,
         )
         self.redis = EmbeddedRedis(
             self.data_dir / "redis",
             appendonly=appendonly,
             start_timeout_s=start_timeout_s,
             stop_timeout_s=stop_timeout_s,
+            die_with_parent=die_with_parent,
         )
         self._managed: list[tuple[str, subprocess.Popen[Any]]] = []
         self._lock: IO[str] | None = None

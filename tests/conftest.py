@@ -1,7 +1,8 @@
 """Fixtures every test may use: real PostgreSQL and Redis, isolated per test.
 
 With no environment variables the servers are the embedded ones, started
-once per session in a temporary folder, so a fresh machine passes. Set
+once per session in a temporary folder, so a fresh machine passes; they end
+with the test session even when it is killed. Set
 ``FARMEYE_TEST_DATABASE_URL`` and ``FARMEYE_TEST_REDIS_URL`` to use existing
 servers instead (CI does). Each test then gets its own database and its own
 Redis logical database, so tests never see each other's rows or keys.
@@ -48,7 +49,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     from farmeye.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), fsync=False)
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("postgres"), fsync=False, die_with_parent=True
+    )
     server.start()
     try:
         yield server.database_url
@@ -66,7 +69,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     from farmeye.embedded import EmbeddedRedis
 
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), die_with_parent=True)
     server.start()
     try:
         yield server.redis_url
@@ -159,6 +162,7 @@ def embedded_services_factory(
 
     def start(**options: Any) -> EmbeddedServices:
         options.setdefault("fsync", False)
+        options.setdefault("die_with_parent", True)
         services = EmbeddedServices(tmp_path / f"farmeye-{len(started)}", **options)
         started.append(services)
         return services.start()

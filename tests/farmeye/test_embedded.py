@@ -245,3 +245,28 @@ def test_restart_never_moves_to_another_port(tmp_path: Path) -> None:
         assert server.port == port
     finally:
         server.stop()
+
+
+def test_die_with_parent_ends_servers_of_a_killed_session(tmp_path: Path) -> None:
+    """Servers started with die_with_parent stop when their parent is killed."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from farmeye.embedded import EmbeddedServices
+        services = EmbeddedServices(
+            {str(tmp_path / "farmeye")!r}, fsync=False, die_with_parent=True
+        ).start()
+        print(services.postgres.pid, services.redis.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    pids = [int(pid) for pid in result.stdout.split()]
+    assert len(pids) == 2, result.stderr
+
+    _, alive = psutil.wait_procs(
+        [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=30
+    )
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
