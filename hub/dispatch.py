@@ -88,12 +88,14 @@ class Dispatcher:
         metrics: HubMetrics,
         queue_bound: int,
         interval_s: float = 5.0,
+        grace_s: float = PENDING_GRACE_S,
     ) -> None:
         self.database = database
         self.store = store
         self.metrics = metrics
         self.queue_bound = queue_bound
         self.interval_s = interval_s
+        self.grace_s = grace_s
         self.app = build_celery_app(redis_url)
         self._redis = redis.Redis.from_url(
             redis_url,
@@ -167,10 +169,10 @@ class Dispatcher:
                 logger.info("queued %d pending captures", sent)
                 self.metrics.dispatched.labels("redispatch").inc(sent)
 
-    async def redispatch_once(self, grace_s: float = PENDING_GRACE_S) -> int:
+    async def redispatch_once(self) -> int:
         """Send one batch of pending captures; stop at the first refusal."""
         pending = await self.database.run(
-            repository.pending_captures, grace_s, PENDING_BATCH
+            repository.pending_captures, self.grace_s, PENDING_BATCH
         )
         loop = asyncio.get_running_loop()
         sent = 0
@@ -180,8 +182,12 @@ class Dispatcher:
                     None, self.store.get, capture.storage_key
                 )
             except FileNotFoundError:
-                logger.error("photo of capture %s is missing from the store (%s)",
+                logger.error("photo of capture %s is missing from the store (%s); "
+                             "it cannot be analysed",
                              capture.capture_id, capture.storage_key)  # fmt: skip
+                await self.database.run(
+                    repository.mark_dispatch_failed, capture.capture_id
+                )
                 continue
             if not await self.dispatch(capture.capture_id, data, capture.triage_label):
                 break

@@ -273,6 +273,15 @@ def mark_queued(connection: Connection, capture_ids: Sequence[int]) -> None:
         )
 
 
+def mark_dispatch_failed(connection: Connection, capture_id: int) -> None:
+    """The capture can never be analysed (its photo is gone)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE captures SET dispatch_state = 'failed' WHERE id = %s",
+            (capture_id,),
+        )
+
+
 def pending_captures(
     connection: Connection, older_than_s: float, limit: int
 ) -> list[PendingCapture]:

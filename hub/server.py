@@ -23,7 +23,7 @@ from hub import repository
 from hub.alerts import AlertRule, AlertRules
 from hub.api import Api, ApiContext
 from hub.database import Database
-from hub.dispatch import Dispatcher
+from hub.dispatch import PENDING_GRACE_S, Dispatcher
 from hub.events import EventBus
 from hub.http import HttpServer
 from hub.ingest import IngestLimits, IngestServer
@@ -63,6 +63,7 @@ class Hub:
         alert_rule: AlertRule | None = None,
         events_channel: str = EVENTS_CHANNEL,
         redispatch_interval_s: float = 5.0,
+        pending_grace_s: float = PENDING_GRACE_S,
     ) -> None:
         self.settings = settings
         self.metrics = HubMetrics()
@@ -74,7 +75,7 @@ class Hub:
         self.bus = EventBus(redis_url, self.stream, self.metrics, events_channel)
         self.dispatcher = Dispatcher(
             redis_url, self.database, self.store, self.metrics,
-            settings.queue_bound, redispatch_interval_s,
+            settings.queue_bound, redispatch_interval_s, pending_grace_s,
         )  # fmt: skip
         self.uploads = UploadPipeline(
             self.store, self.database, self.triage, self.dispatcher,
