@@ -271,8 +271,8 @@ def default_farm(connection: Connection) -> int:
         return ensure_farm(connection, DEFAULT_FARM)
     if len(rows) == 1:
         return int(rows[0][0])
-    names = ", ".join(name for _, name in rows[:5])
-    raise DatabaseError(f"several farms exist ({names}, ...); name the farm to use")
+    names = ", ".join(name for _, name in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    raise DatabaseError(f"several farms exist ({names}); name the farm to use")
 
 
 def add_device(

@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from farmeye import auth, config, db
 from farmeye.cli import main
+from farmeye.commands import admin
 
 
 @pytest.fixture
@@ -224,3 +225,18 @@ def test_db_migrate_applies_to_empty_database(
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_unreachable_database_is_reported(environment: dict[str, str]) -> None:
+    """A database that refuses connections exits 1 saying where, no password."""
+    environment["FARMEYE_DATABASE_URL"] = "postgresql://u:hunter2@127.0.0.1:1/x"
+    result = farmeye(environment, "devices", "list")
+    assert result.exit_code == 1
+    assert "cannot connect to PostgreSQL at postgresql://u:***@127.0.0.1:1/x" in (
+        result.output
+    )
+
+
+def test_role_choices_match_the_database() -> None:
+    """The CLI offers exactly the roles the schema accepts."""
+    assert admin.ROLE_CHOICES == db.ROLES
