@@ -1,0 +1,274 @@
+"""One real ``farmeye worker`` on real Redis, PostgreSQL and Celery.
+
+The worker starts once for the module, after 20 tasks were queued for it, so
+the first tests see it take a full prefetch at once.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from farmeye.embedded import free_port
+from farmeye.labels import HEALTHY
+from tests.workers.support import (
+    EventListener,
+    Farm,
+    TableLock,
+    TaskSender,
+    WorkerRun,
+    all_analysed,
+    analyses,
+    query,
+    settled,
+    synthetic_photo,
+    unacked_task_ids,
+    wait_until,
+    worker_waits_on_lock,
+)
+
+BATCH_SIZE = 4
+ROUTINE_QUEUED = 16
+SUSPICIOUS_QUEUED = 4
+
+
+class Cluster:
+    """The module's worker, its farm, and the captures queued before it ran."""
+
+    def __init__(self, database_url: str, redis_url: str, log_path: Path) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.farm = Farm(database_url)
+        self.sender = TaskSender(redis_url)
+        self.events = EventListener(redis_url)
+        self.metrics_port = free_port()
+        self.routine = self._queue(ROUTINE_QUEUED, seed=100, suspicious=False)
+        self.suspicious = self._queue(SUSPICIOUS_QUEUED, seed=200, suspicious=True)
+        self.worker = WorkerRun(
+            database_url,
+            redis_url,
+            log_path,
+            f"--batch-size={BATCH_SIZE}",
+            "--batch-wait-ms=1000",
+            "--max-image-retries=1",
+            "--retry-delay-s=0.5",
+            "--visibility-timeout-s=60",
+            f"--metrics-port={self.metrics_port}",
+        ).wait_ready()
+
+    def _queue(self, count: int, *, seed: int, suspicious: bool) -> list[int]:
+        photos = [synthetic_photo(seed + i) for i in range(count)]
+        ids = self.farm.add_captures(photos)
+        for capture_id, photo in zip(ids, photos, strict=True):
+            self.sender.send(capture_id, photo, suspicious=suspicious)
+        return ids
+
+    def analyse(self, photos: list[bytes]) -> list[int]:
+        ids = self.farm.add_captures(photos)
+        for capture_id, photo in zip(ids, photos, strict=True):
+            self.sender.send(capture_id, photo)
+        return ids
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+            return str(response.read().decode())
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.events.close()
+        self.sender.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    module_db_url: str, module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    cluster = Cluster(module_db_url, module_redis_url, log_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def queued_analyses(cluster: Cluster) -> list[tuple]:
+    captures = cluster.routine + cluster.suspicious
+    wait_until(
+        lambda: all_analysed(cluster.database_url, captures),
+        what="the queued captures to be analysed",
+    )
+    return analyses(cluster.database_url, captures)
+
+
+def test_queued_tasks_are_analysed_in_full_batches(queued_analyses: list[tuple]):
+    """Tasks waiting in the queue go through the model BATCH_SIZE at a time."""
+    assert len(queued_analyses) == ROUTINE_QUEUED + SUSPICIOUS_QUEUED
+    batch_sizes = [row[5] for row in queued_analyses]
+    assert max(batch_sizes) == BATCH_SIZE
+    assert batch_sizes.count(BATCH_SIZE) >= BATCH_SIZE
+    assert {row[1] for row in queued_analyses} == {"done"}
+
+
+def test_suspicious_captures_are_analysed_first(
+    cluster: Cluster, queued_analyses: list[tuple]
+):
+    """Captures queued last but suspicious are among the first analysed."""
+    order = [row[0] for row in queued_analyses]
+    first_prefetch = set(order[: 3 * BATCH_SIZE])
+    assert set(cluster.suspicious) <= first_prefetch
+
+
+def test_every_capture_is_settled_and_announced(
+    cluster: Cluster, queued_analyses: list[tuple]
+):
+    """Each analysis moves its capture to done and is announced with its ids."""
+    captures = cluster.routine + cluster.suspicious
+    states = query(
+        cluster.database_url,
+        "SELECT DISTINCT dispatch_state FROM captures WHERE id = ANY(%s)",
+        captures,
+    )
+    assert states == [("done",)]
+    events = wait_until(
+        lambda: (
+            len(cluster.events.for_captures(captures)) >= len(captures)
+            and cluster.events.for_captures(captures)
+        ),
+        what="analysis events",
+    )
+    stored = {row[0]: row for row in queued_analyses}
+    for event in events:
+        row = stored[event["capture_id"]]
+        assert (event["farm_id"], event["coop_id"], event["device_id"]) == (
+            cluster.farm.farm_id,
+            cluster.farm.coop_id,
+            cluster.farm.device_id,
+        )
+        assert event["label"] == row[2]
+        assert event["model_version"] == row[7]
+        assert set(event["scores"]) == {
+            "healthy",
+            "coccidiosis",
+            "salmonella",
+            "newcastle",
+        }
+        assert event["status"] == "done"
+        assert event["heatmap"] is row[6]
+
+
+def test_sick_verdicts_store_a_heatmap(cluster: Cluster, sick_photos: list[bytes]):
+    """Every analysis that is not healthy has a PNG heatmap; healthy ones none."""
+    photos = sick_photos or [synthetic_photo(300 + i) for i in range(6)]
+    captures = cluster.analyse(photos)
+    wait_until(lambda: all_analysed(cluster.database_url, captures), what="analyses")
+    rows = query(
+        cluster.database_url,
+        "SELECT label, heatmap_png FROM analyses WHERE capture_id = ANY(%s)",
+        captures,
+    )
+    sick = [png for label, png in rows if label != HEALTHY]
+    if not sick:
+        pytest.skip("the shipped model called every test photo healthy")
+    for label, png in rows:
+        assert (png is not None) == (label != HEALTHY)
+    image = Image.open(io.BytesIO(bytes(sick[0])))
+    assert image.format == "PNG"
+    assert image.width == image.height
+
+
+def test_task_is_acknowledged_only_after_commit(cluster: Cluster):
+    """While the analysis cannot commit, its task stays unacknowledged in Redis."""
+    photo = synthetic_photo(400)
+    (capture_id,) = cluster.farm.add_captures([photo])
+    lock = TableLock(cluster.database_url)
+    try:
+        task_id = cluster.sender.send(capture_id, photo)
+        wait_until(
+            lambda: worker_waits_on_lock(cluster.database_url),
+            what="the worker to block on its commit",
+        )
+        assert task_id in unacked_task_ids(cluster.redis_url)
+        assert analyses(cluster.database_url, [capture_id]) == []
+    finally:
+        lock.release()
+    wait_until(
+        lambda: task_id not in unacked_task_ids(cluster.redis_url),
+        what="the acknowledgement",
+    )
+    assert len(analyses(cluster.database_url, [capture_id])) == 1
+
+
+def test_duplicate_task_leaves_one_analysis(cluster: Cluster):
+    """The same capture sent three times is analysed and stored once."""
+    photo = synthetic_photo(500)
+    (capture_id,) = cluster.farm.add_captures([photo])
+    task_ids = [cluster.sender.send(capture_id, photo) for _ in range(2)]
+    wait_until(lambda: all_analysed(cluster.database_url, [capture_id]), what="it")
+    task_ids.append(cluster.sender.send(capture_id, photo))
+    wait_until(lambda: settled(cluster.redis_url, task_ids), what="all three to finish")
+    assert len(analyses(cluster.database_url, [capture_id])) == 1
+    assert cluster.events.for_captures([capture_id])
+
+
+def test_poison_photos_are_retried_then_recorded_failed(cluster: Cluster):
+    """Truncated, non-image and non-base64 payloads fail with a reason after
+    their retry; a good photo sent with them is analysed."""
+    good = synthetic_photo(600)
+    truncated = good[: len(good) // 3]
+    not_an_image = b"%PDF-1.4 certainly not a photo" * 20
+    ids = cluster.farm.add_captures([good, truncated, not_an_image, b"x" * 64])
+    for capture_id, payload in zip(
+        ids[:3], [good, truncated, not_an_image], strict=True
+    ):
+        cluster.sender.send(capture_id, payload)
+    cluster.sender.send(ids[3], b"", image_b64="@@ not base64 @@")
+
+    wait_until(lambda: all_analysed(cluster.database_url, ids), what="all four")
+    rows = {row[0]: row for row in analyses(cluster.database_url, ids)}
+    assert rows[ids[0]][1] == "done"
+    for capture_id, reason in zip(
+        ids[1:],
+        ["truncated or corrupt", "not an image", "not valid base64"],
+        strict=True,
+    ):
+        _, status, label, error, attempts, *_ = rows[capture_id]
+        assert (status, label, attempts) == ("failed", None, 2)
+        assert reason in error
+    states = dict(
+        query(
+            cluster.database_url,
+            "SELECT id, dispatch_state FROM captures WHERE id = ANY(%s)",
+            ids,
+        )
+    )
+    assert [states[i] for i in ids] == ["done", "failed", "failed", "failed"]
+    failed_events = wait_until(
+        lambda: [
+            e for e in cluster.events.for_captures(ids[1:]) if e["status"] == "failed"
+        ],
+        what="failure events",
+    )
+    assert all(event["error"] for event in failed_events)
+
+
+def test_metrics_show_batches_waits_and_failures(cluster: Cluster):
+    """The metrics port reports batch sizes, queue waits, inference time and
+    failures by reason."""
+    text = cluster.metrics()
+    count = re.search(r"^farmeye_worker_batch_size_count (\S+)$", text, re.M)
+    assert count is not None and float(count.group(1)) > 0
+    assert re.search(r"^farmeye_worker_queue_wait_seconds_count [1-9]", text, re.M)
+    assert re.search(r"^farmeye_worker_inference_seconds_sum \S+", text, re.M)
+    image_failures = re.search(
+        r'^farmeye_worker_failures_total\{reason="image"\} (\S+)$', text, re.M
+    )
+    assert image_failures is not None and float(image_failures.group(1)) >= 6
+    assert re.search(r'^farmeye_worker_analyses_total\{status="failed"\} 3', text, re.M)
