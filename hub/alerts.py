@@ -97,9 +97,12 @@ class AlertRules:
         """Raise an alert for the event's coop if the rule says so."""
         try:
             alert = await self.database.run(
-                self._decide, int(event["farm_id"]), int(event["coop_id"]),
-                event.get("capture_id"), str(event["label"]),
-            )  # fmt: skip
+                self._decide,
+                int(event["farm_id"]),
+                int(event["coop_id"]),
+                event.get("capture_id"),
+                str(event["label"]),
+            )
         except Exception:
             logger.exception("alert rule failed on %s", dict(event))
             return None
@@ -108,10 +111,15 @@ class AlertRules:
         logger.warning("alert for coop %s: %s", alert["coop_id"], alert["message"])
         self.metrics.alerts.labels(alert["label"]).inc()
         await self.bus.emit(
-            "alert", farm_id=alert["farm_id"], coop_id=alert["coop_id"],
-            capture_id=alert["capture_id"], label=alert["label"],
-            alert_id=alert["id"], message=alert["message"], level=alert["level"],
-        )  # fmt: skip
+            "alert",
+            farm_id=alert["farm_id"],
+            coop_id=alert["coop_id"],
+            capture_id=alert["capture_id"],
+            label=alert["label"],
+            alert_id=alert["id"],
+            message=alert["message"],
+            level=alert["level"],
+        )
         return alert
 
     def _decide(

@@ -99,9 +99,10 @@ class Api:
         viewer = await self._viewer_or_unavailable(token) if token else None
         if viewer is None:
             raise HttpError(
-                401, "a valid token is required: send Authorization: Bearer TOKEN "
+                401,
+                "a valid token is required: send Authorization: Bearer TOKEN "
                 "(get one with `farmeye users add`)",
-            )  # fmt: skip
+            )
         return viewer
 
     async def _viewer_or_unavailable(self, token: str) -> Viewer | None:
@@ -149,8 +150,9 @@ class Api:
         if more:
             last = page[-1]
             next_cursor = repository.encode_cursor(last["captured_at"], last["id"])
-        return json_response({"captures": [_with_links(r) for r in page],
-                              "next_cursor": next_cursor})  # fmt: skip
+        return json_response(
+            {"captures": [_with_links(r) for r in page], "next_cursor": next_cursor}
+        )
 
     async def get_capture(self, request: Request) -> Response:
         viewer = await self._require_viewer(request)
@@ -236,11 +238,16 @@ class Api:
             command_id = await self.context.send_command(device_id, name, args)
         except KeyError:
             raise HttpError(
-                409, f"device {device_id} is not connected to this hub; retry when "
+                409,
+                f"device {device_id} is not connected to this hub; retry when "
                 "it is online",
-            ) from None  # fmt: skip
-        document = {"device_id": device_id, "command_id": command_id,
-                    "name": name, "args": args}  # fmt: skip
+            ) from None
+        document = {
+            "device_id": device_id,
+            "command_id": command_id,
+            "name": name,
+            "args": args,
+        }
         return json_response(document, 202)
 
 

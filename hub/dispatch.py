@@ -62,8 +62,9 @@ def build_celery_app(redis_url: str) -> Celery:
     """A Celery app that can send analysis tasks; no task code is imported."""
     settings = celery_settings(redis_url)
     transport = dict(settings["broker_transport_options"])
-    transport.update(socket_timeout=REDIS_TIMEOUT_S,
-                     socket_connect_timeout=REDIS_TIMEOUT_S)  # fmt: skip
+    transport.update(
+        socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
     settings["broker_transport_options"] = transport
     settings["broker_connection_timeout"] = REDIS_TIMEOUT_S
     app = Celery("farmeye-hub", set_as_current=False)
@@ -122,8 +123,11 @@ class Dispatcher:
         except _SEND_ERRORS as exc:
             self.metrics.dispatch_deferred.labels("redis_down").inc()
             if not self._outage_logged:
-                logger.warning("cannot queue analyses (%s); captures stay pending "
-                               "and are sent when Redis answers", exc)  # fmt: skip
+                logger.warning(
+                    "cannot queue analyses (%s); captures stay pending "
+                    "and are sent when Redis answers",
+                    exc,
+                )
                 self._outage_logged = True
             return False
         self._outage_logged = False
@@ -182,9 +186,12 @@ class Dispatcher:
                     None, self.store.get, capture.storage_key
                 )
             except FileNotFoundError:
-                logger.error("photo of capture %s is missing from the store (%s); "
-                             "it cannot be analysed",
-                             capture.capture_id, capture.storage_key)  # fmt: skip
+                logger.error(
+                    "photo of capture %s is missing from the store (%s); "
+                    "it cannot be analysed",
+                    capture.capture_id,
+                    capture.storage_key,
+                )
                 await self.database.run(
                     repository.mark_dispatch_failed, capture.capture_id
                 )

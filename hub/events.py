@@ -71,8 +71,11 @@ class EventBus:
             await self._redis.publish(self.channel, message)
         except (RedisError, OSError) as exc:
             if not self._outage_logged:
-                logger.warning("cannot publish events to Redis (%s); "
-                               "serving this hub's clients directly", exc)  # fmt: skip
+                logger.warning(
+                    "cannot publish events to Redis (%s); "
+                    "serving this hub's clients directly",
+                    exc,
+                )
                 self._outage_logged = True
             self.stream.broadcast(event, message)
             return

@@ -344,8 +344,12 @@ class IngestServer:
         except ProtocolError as exc:
             logger.warning(
                 "refusing upload %s of %s from %s: %s: %s",
-                upload_id, device.device_id, link.peer, exc.code, exc,
-            )  # fmt: skip
+                upload_id,
+                device.device_id,
+                link.peer,
+                exc.code,
+                exc,
+            )
             self.metrics.frame_errors.labels(exc.code).inc()
             self.metrics.uploads.labels(exc.code).inc()
             await self._send_quietly(link, exc.to_header(upload_id))

@@ -15,8 +15,20 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS_S = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class HubMetrics:
@@ -68,9 +80,11 @@ class HubMetrics:
             "farmeye_hub_events_relayed", "Events heard on Redis.", registry=r
         )
         self.dispatched = Counter(
-            "farmeye_hub_dispatched", "Analysis tasks sent, by path.", ["path"],
+            "farmeye_hub_dispatched",
+            "Analysis tasks sent, by path.",
+            ["path"],
             registry=r,
-        )  # fmt: skip
+        )
         self.dispatch_deferred = Counter(
             "farmeye_hub_dispatch_deferred",
             "Captures left pending for later dispatch, by reason.",

@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg2.extras import Json, execute_values
 
+from farmeye.auth import new_token, token_hash
 from farmeye.db import Connection, farms_of_user, user_for_token
 from hub.ingest import DeviceRecord
 
@@ -140,8 +141,17 @@ def list_devices(
             " ORDER BY c.farm_id, c.name, d.name",
             {"all": farm_ids is None, "farms": list(farm_ids or [])},
         )
-        names = ("id", "name", "farm_id", "coop_id", "coop", "online",
-                 "last_seen_at", "revoked_at", "created_at")  # fmt: skip
+        names = (
+            "id",
+            "name",
+            "farm_id",
+            "coop_id",
+            "coop",
+            "online",
+            "last_seen_at",
+            "revoked_at",
+            "created_at",
+        )
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
@@ -170,6 +180,25 @@ def viewer_for_token(
     return user.id, user.name, {str(m.farm_id): m.role for m in memberships}
 
 
+def ensure_local_admin(connection: Connection, name: str) -> tuple[int, str]:
+    """``(user_id, token)`` of the local operator, with a fresh token each call.
+
+    The user belongs to no farm: the hub of ``farmeye up`` is told to let it
+    see every farm, and other hubs give it nothing.
+    """
+    token = new_token()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO users (name, token_hash) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE"
+            "   SET token_hash = EXCLUDED.token_hash, revoked_at = NULL"
+            " RETURNING id",
+            (name, token_hash(token)),
+        )
+        (user_id,) = cursor.fetchone() or (None,)
+    return int(user_id), token
+
+
 # Captures
 
 
@@ -192,9 +221,9 @@ def insert_captures(
             fetch=True,
         )
         fresh = {(d, s): (i, t) for d, s, i, t in inserted}
-        existing = _existing_rows(cursor, [
-            d for d in drafts if (d.device_id, d.sha256) not in fresh
-        ])  # fmt: skip
+        existing = _existing_rows(
+            cursor, [d for d in drafts if (d.device_id, d.sha256) not in fresh]
+        )
         cursor.execute(
             "UPDATE devices SET last_seen_at = now() WHERE id = ANY(%s)",
             (sorted({draft.device_id for draft in drafts}),),
@@ -204,9 +233,15 @@ def insert_captures(
 
 def _draft_values(draft: CaptureDraft) -> tuple[Any, ...]:
     return (
-        draft.device_id, draft.coop_id, draft.farm_id, draft.sha256,
-        draft.size_bytes, draft.content_type, draft.captured_at, draft.storage_key,
-    )  # fmt: skip
+        draft.device_id,
+        draft.coop_id,
+        draft.farm_id,
+        draft.sha256,
+        draft.size_bytes,
+        draft.content_type,
+        draft.captured_at,
+        draft.storage_key,
+    )
 
 
 def _existing_rows(
@@ -367,26 +402,62 @@ def get_capture(connection: Connection, capture_id: int) -> dict[str, Any] | Non
 
 
 def _capture_document(row: Sequence[Any]) -> dict[str, Any]:
-    (capture_id, device_id, farm_id, coop_id, sha256, size_bytes, content_type,
-     captured_at, received_at, dispatch_state, t_label, t_scores, t_version,
-     t_latency_ms, a_status, a_label, a_scores, a_version, a_error, a_heatmap,
-     a_created_at) = row  # fmt: skip
+    (
+        capture_id,
+        device_id,
+        farm_id,
+        coop_id,
+        sha256,
+        size_bytes,
+        content_type,
+        captured_at,
+        received_at,
+        dispatch_state,
+        t_label,
+        t_scores,
+        t_version,
+        t_latency_ms,
+        a_status,
+        a_label,
+        a_scores,
+        a_version,
+        a_error,
+        a_heatmap,
+        a_created_at,
+    ) = row
     triage = None
     if t_label is not None:
-        triage = {"label": t_label, "scores": t_scores,
-                  "model_version": t_version, "latency_ms": t_latency_ms}  # fmt: skip
+        triage = {
+            "label": t_label,
+            "scores": t_scores,
+            "model_version": t_version,
+            "latency_ms": t_latency_ms,
+        }
     analysis = None
     if a_status is not None:
-        analysis = {"status": a_status, "label": a_label, "scores": a_scores,
-                    "model_version": a_version, "error": a_error,
-                    "has_heatmap": a_heatmap, "created_at": a_created_at}  # fmt: skip
+        analysis = {
+            "status": a_status,
+            "label": a_label,
+            "scores": a_scores,
+            "model_version": a_version,
+            "error": a_error,
+            "has_heatmap": a_heatmap,
+            "created_at": a_created_at,
+        }
     return {
-        "id": capture_id, "device_id": device_id, "farm_id": farm_id,
-        "coop_id": coop_id, "sha256": sha256, "size_bytes": size_bytes,
-        "content_type": content_type, "captured_at": captured_at,
-        "received_at": received_at, "dispatch_state": dispatch_state,
-        "triage": triage, "analysis": analysis,
-    }  # fmt: skip
+        "id": capture_id,
+        "device_id": device_id,
+        "farm_id": farm_id,
+        "coop_id": coop_id,
+        "sha256": sha256,
+        "size_bytes": size_bytes,
+        "content_type": content_type,
+        "captured_at": captured_at,
+        "received_at": received_at,
+        "dispatch_state": dispatch_state,
+        "triage": triage,
+        "analysis": analysis,
+    }
 
 
 def capture_file(
@@ -428,8 +499,13 @@ def add_feedback(
             (capture_id, user_id, label, note),
         )
         feedback_id, created_at = cursor.fetchone() or (None, None)
-    return {"id": feedback_id, "capture_id": capture_id, "label": label,
-            "note": note, "created_at": created_at}  # fmt: skip
+    return {
+        "id": feedback_id,
+        "capture_id": capture_id,
+        "label": label,
+        "note": note,
+        "created_at": created_at,
+    }
 
 
 # Alerts
@@ -487,9 +563,16 @@ def insert_alert(
             (farm_id, coop_id, capture_id, label, message),
         )
         alert_id, created_at = cursor.fetchone() or (None, None)
-    return {"id": alert_id, "farm_id": farm_id, "coop_id": coop_id,
-            "capture_id": capture_id, "label": label, "level": "warning",
-            "message": message, "created_at": created_at}  # fmt: skip
+    return {
+        "id": alert_id,
+        "farm_id": farm_id,
+        "coop_id": coop_id,
+        "capture_id": capture_id,
+        "label": label,
+        "level": "warning",
+        "message": message,
+        "created_at": created_at,
+    }
 
 
 def list_alerts(
@@ -505,11 +588,24 @@ def list_alerts(
             " WHERE (%(all)s OR farm_id = ANY(%(farms)s))"
             "   AND (%(coop)s::bigint IS NULL OR coop_id = %(coop)s)"
             " ORDER BY created_at DESC, id DESC LIMIT %(limit)s",
-            {"all": farm_ids is None, "farms": list(farm_ids or []),
-             "coop": coop_id, "limit": limit},
-        )  # fmt: skip
-        names = ("id", "farm_id", "coop_id", "capture_id", "label", "level",
-                 "message", "created_at", "acknowledged_at")  # fmt: skip
+            {
+                "all": farm_ids is None,
+                "farms": list(farm_ids or []),
+                "coop": coop_id,
+                "limit": limit,
+            },
+        )
+        names = (
+            "id",
+            "farm_id",
+            "coop_id",
+            "capture_id",
+            "label",
+            "level",
+            "message",
+            "created_at",
+            "acknowledged_at",
+        )
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 

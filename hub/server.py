@@ -74,21 +74,35 @@ class Hub:
         self.stream = EventStream(self.users.viewer)
         self.bus = EventBus(redis_url, self.stream, self.metrics, events_channel)
         self.dispatcher = Dispatcher(
-            redis_url, self.database, self.store, self.metrics,
-            settings.queue_bound, redispatch_interval_s, pending_grace_s,
-        )  # fmt: skip
+            redis_url,
+            self.database,
+            self.store,
+            self.metrics,
+            settings.queue_bound,
+            redispatch_interval_s,
+            pending_grace_s,
+        )
         self.uploads = UploadPipeline(
-            self.store, self.database, self.triage, self.dispatcher,
-            self.bus, self.metrics,
-        )  # fmt: skip
+            self.store,
+            self.database,
+            self.triage,
+            self.dispatcher,
+            self.bus,
+            self.metrics,
+        )
         self.presence = Presence(
-            self.database, self.bus, settings.device_offline_after_s,
+            self.database,
+            self.bus,
+            settings.device_offline_after_s,
             lambda: list(self.ingest.sessions),
-        )  # fmt: skip
+        )
         self.ingest = IngestServer(
-            self.presence, self.uploads, self.metrics, _limits(settings),
+            self.presence,
+            self.uploads,
+            self.metrics,
+            _limits(settings),
             tls_context(settings),
-        )  # fmt: skip
+        )
         self.alerts = AlertRules(
             self.database, self.bus, self.metrics, alert_rule or AlertRule()
         )
@@ -125,8 +139,11 @@ class Hub:
         self.ingest_address = ingest.sockets[0].getsockname()[:2]
         self._spawn(self.dispatcher.redispatch_forever(), "redispatch")
         self._spawn(self.presence.watch_forever(), "presence")
-        logger.info("hub ingest on %s:%s, HTTP on %s:%s",
-                    *self.ingest_address, *self.http_address)  # fmt: skip
+        logger.info(
+            "hub ingest on %s:%s, HTTP on %s:%s",
+            *self.ingest_address,
+            *self.http_address,
+        )
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         self._background.append(asyncio.create_task(coroutine, name=name))

@@ -177,9 +177,15 @@ class UploadPipeline:
             self._executor, store_photo, self.store, data, header["sha256"]
         )
         draft = CaptureDraft(
-            device.device_id, int(device.coop_id), int(device.farm_id),
-            header["sha256"], len(data), content_type, header["captured_at"], key,
-        )  # fmt: skip
+            device.device_id,
+            int(device.coop_id),
+            int(device.farm_id),
+            header["sha256"],
+            len(data),
+            content_type,
+            header["captured_at"],
+            key,
+        )
         try:
             row = await self._commits.insert(draft)
         except DatabaseUnavailable as exc:
@@ -207,9 +213,11 @@ class UploadPipeline:
     ) -> None:
         """Announce the capture, triage it, announce the verdict, dispatch it."""
         ids: dict[str, Any] = {
-            "farm_id": device.farm_id, "coop_id": device.coop_id,
-            "device_id": device.device_id, "capture_id": row.capture_id,
-        }  # fmt: skip
+            "farm_id": device.farm_id,
+            "coop_id": device.coop_id,
+            "device_id": device.device_id,
+            "capture_id": row.capture_id,
+        }
         try:
             verdict = asyncio.ensure_future(self.triage.classify(data))
             await self.bus.emit(
@@ -225,18 +233,27 @@ class UploadPipeline:
 
     async def _record_triage(self, ids: dict[str, Any], outcome: TriageOutcome) -> None:
         if not outcome.ok or outcome.label is None:
-            logger.warning("capture %s has no triage verdict: %s",
-                           ids["capture_id"], outcome.error)  # fmt: skip
+            logger.warning(
+                "capture %s has no triage verdict: %s", ids["capture_id"], outcome.error
+            )
             await self.bus.emit("triage", **ids, error=outcome.error)
             return
         event = self.bus.emit(
-            "triage", **ids, label=outcome.label, scores=outcome.scores,
-            model_version=outcome.model_version, latency_ms=outcome.latency_ms,
-        )  # fmt: skip
+            "triage",
+            **ids,
+            label=outcome.label,
+            scores=outcome.scores,
+            model_version=outcome.model_version,
+            latency_ms=outcome.latency_ms,
+        )
         save = self.database.run(
-            repository.save_triage, ids["capture_id"], outcome.label,
-            outcome.scores, outcome.model_version, outcome.latency_ms,
-        )  # fmt: skip
+            repository.save_triage,
+            ids["capture_id"],
+            outcome.label,
+            outcome.scores,
+            outcome.model_version,
+            outcome.latency_ms,
+        )
         await asyncio.gather(event, save)
 
     async def close(self, grace_s: float = 5.0) -> None:

@@ -42,9 +42,12 @@ def add_camera(db_url: str, coop: str = "coop-1", farm: str = "farm-a") -> Camer
     connection = db.connect(db_url)
     try:
         new = db.add_device(
-            connection, f"cam-{secrets.token_hex(3)}", coop, farm,
+            connection,
+            f"cam-{secrets.token_hex(3)}",
+            coop,
+            farm,
             iterations=auth.MIN_ITERATIONS,
-        )  # fmt: skip
+        )
     finally:
         connection.close()
     return Camera(new.device_id, new.secret, new.farm_id, new.coop_id)

@@ -52,8 +52,10 @@ def test_api_refuses_missing_and_unknown_tokens(
     async def scenario() -> list[tuple[int, dict[str, str], bytes]]:
         async with running_hub(hub_settings(tmp_path), db_url, redis_db_url) as hub:
             unknown = "fet_" + "0" * 43
-            return [await http_get(hub, "/api/captures"),
-                    await http_get(hub, "/api/captures", unknown)]  # fmt: skip
+            return [
+                await http_get(hub, "/api/captures"),
+                await http_get(hub, "/api/captures", unknown),
+            ]
 
     for status, _, body in asyncio.run(scenario()):
         assert status == 401
@@ -200,9 +202,13 @@ def test_photo_thumbnail_heatmap_and_feedback(
                 "thumbnail": await http_get(hub, f"{base}/thumbnail", manager),
                 "no heatmap": await http_get(hub, f"{base}/heatmap", manager),
             }
-            sql(db_url, "INSERT INTO analyses (capture_id, model_version, status,"
+            sql(
+                db_url,
+                "INSERT INTO analyses (capture_id, model_version, status,"
                 " label, heatmap_png) VALUES (%s, 'm/full', 'done', 'healthy', %s)",
-                capture, b"\x89PNG fake")  # fmt: skip
+                capture,
+                b"\x89PNG fake",
+            )
             answers["heatmap"] = await http_get(hub, f"{base}/heatmap", manager)
             feedback = f"{base}/feedback"
             answers["feedback"] = await http_get(

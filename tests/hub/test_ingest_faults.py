@@ -60,16 +60,21 @@ def png_bomb(side: int = 50_000) -> bytes:
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     pixels = zlib.compress(b"\x00" * 1024)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     """WARNING lines that mention ``text`` (a peer address or an error code)."""
     return [
-        r.getMessage() for r in caplog.records
+        r.getMessage()
+        for r in caplog.records
         if r.levelno == logging.WARNING and text in r.getMessage()
-    ]  # fmt: skip
+    ]
 
 
 async def with_steady_camera(
@@ -148,17 +153,23 @@ def test_bad_frame_gets_error_frame_and_one_warning(
 
 @pytest.mark.parametrize("case", ["wrong secret", "revoked", "unknown device"])
 def test_refused_device_gets_auth_failed(
-    case: str, tmp_path: Path, db_url: str, redis_db_url: str,
+    case: str,
+    tmp_path: Path,
+    db_url: str,
+    redis_db_url: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """A wrong secret, a revoked or unknown device gets auth_failed, not retryable."""
     camera = add_camera(db_url)
     intruder = add_camera(db_url)
     if case == "wrong secret":
         intruder = Camera(intruder.device_id, "not-the-secret", 0, 0)
     elif case == "revoked":
-        sql(db_url, "UPDATE devices SET revoked_at = now() WHERE id = %s",
-            intruder.device_id)  # fmt: skip
+        sql(
+            db_url,
+            "UPDATE devices SET revoked_at = now() WHERE id = %s",
+            intruder.device_id,
+        )
     else:
         intruder = Camera("dev_unknown000000", "whatever", 0, 0)
 
@@ -181,9 +192,12 @@ def test_refused_device_gets_auth_failed(
 
 @pytest.mark.parametrize("payload", ["not an image", "decompression bomb"])
 def test_bad_photo_is_refused_and_link_stays_open(
-    payload: str, tmp_path: Path, db_url: str, redis_db_url: str,
+    payload: str,
+    tmp_path: Path,
+    db_url: str,
+    redis_db_url: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """A payload that is no usable photo gets bad_image; the next upload works."""
     camera = add_camera(db_url)
     data = (
@@ -213,8 +227,9 @@ def test_thousand_silent_connections_time_out(
     caplog.set_level(logging.WARNING)
 
     async def silent_peers(hub: Hub) -> list[list[protocol.Frame]]:
-        connections = [await asyncio.open_connection(*ingest_of(hub))
-                       for _ in range(1000)]  # fmt: skip
+        connections = [
+            await asyncio.open_connection(*ingest_of(hub)) for _ in range(1000)
+        ]
         answers = await asyncio.gather(
             *(asyncio.wait_for(reader.read(), 30) for reader, _ in connections)
         )
@@ -229,8 +244,10 @@ def test_thousand_silent_connections_time_out(
 
     answers, acks = asyncio.run(scenario())
     assert isinstance(answers, list) and len(answers) == 1000
-    assert all([f.header["code"] for f in frames] == ["handshake_timeout"]
-               for frames in answers)  # fmt: skip
+    assert all(
+        [f.header["code"] for f in frames] == ["handshake_timeout"]
+        for frames in answers
+    )
     timeouts = [r for r in caplog.records if "handshake_timeout" in r.getMessage()]
     assert len(timeouts) == 1000
     assert acks >= 1

@@ -39,14 +39,24 @@ def start_hub_process(
     data_dir: Path, db_url: str, redis_url: str
 ) -> tuple[subprocess.Popen[str], tuple[str, int]]:
     """`farmeye hub` in its own process group; returns it and its ingest address."""
-    env = dict(os.environ, FARMEYE_DATABASE_URL=db_url, FARMEYE_REDIS_URL=redis_url,
-               FARMEYE_DATA_DIR=str(data_dir), FARMEYE_INGEST_HOST="127.0.0.1",
-               FARMEYE_INGEST_PORT="0", FARMEYE_HTTP_HOST="127.0.0.1",
-               FARMEYE_HTTP_PORT="0", FARMEYE_TRIAGE_PROCESSES="1")  # fmt: skip
+    env = dict(
+        os.environ,
+        FARMEYE_DATABASE_URL=db_url,
+        FARMEYE_REDIS_URL=redis_url,
+        FARMEYE_DATA_DIR=str(data_dir),
+        FARMEYE_INGEST_HOST="127.0.0.1",
+        FARMEYE_INGEST_PORT="0",
+        FARMEYE_HTTP_HOST="127.0.0.1",
+        FARMEYE_HTTP_PORT="0",
+        FARMEYE_TRIAGE_PROCESSES="1",
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "farmeye.cli", "hub"],
-        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     match = HUB_LINE.search(line)
@@ -152,8 +162,9 @@ def test_capture_stays_pending_while_redis_is_down_and_is_sent_after(
     assert event["type"] == "triage"
 
 
-async def upload_until_acked(client_factory: Callable[[], DeviceClient],
-                             photos: list[bytes]) -> list[Ack]:  # fmt: skip
+async def upload_until_acked(
+    client_factory: Callable[[], DeviceClient], photos: list[bytes]
+) -> list[Ack]:
     """Upload like a camera agent: reconnect and retry until each photo is acked."""
     acks: list[Ack] = []
     client: DeviceClient | None = None
@@ -191,17 +202,21 @@ def test_postgres_restart_is_ridden_out(tmp_path: Path, redis_db_url: str) -> No
         async def scenario() -> list[Ack]:
             settings = hub_settings(tmp_path / "hub")
             async with running_hub(settings, server.database_url, redis_db_url) as hub:
-                first = await upload_until_acked(lambda: client_for(hub, camera),
-                                                 photos[:4])  # fmt: skip
+                first = await upload_until_acked(
+                    lambda: client_for(hub, camera), photos[:4]
+                )
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, server.restart)
-                rest = await upload_until_acked(lambda: client_for(hub, camera),
-                                                photos[4:])  # fmt: skip
+                rest = await upload_until_acked(
+                    lambda: client_for(hub, camera), photos[4:]
+                )
                 return first + rest
 
         acks = asyncio.run(scenario())
-        ids = {capture_id for (capture_id,) in sql(
-            server.database_url, "SELECT id FROM captures")}  # fmt: skip
+        ids = {
+            capture_id
+            for (capture_id,) in sql(server.database_url, "SELECT id FROM captures")
+        }
     finally:
         server.stop()
     assert {ack.capture_id for ack in acks} == ids
