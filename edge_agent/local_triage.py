@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from farmeye.imaging import ImageError
 from farmeye.models import ModelError
 
 if TYPE_CHECKING:
@@ -37,6 +36,8 @@ class LocalTriage:
 
     def verdict(self, data: bytes) -> dict[str, Any] | None:
         """The ``triage`` field of the upload header, or None if undecodable."""
+        from farmeye.imaging import ImageError
+
         try:
             label, scores = self.model.classify(data)
         except ImageError as exc:

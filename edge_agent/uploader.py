@@ -196,7 +196,7 @@ class Uploader:
                 group.create_task(self._watch(client), name="link-watch")
         except ExceptionGroup as failures:
             cause = failures.exceptions[0]
-            if isinstance(cause, HubError | LINK_ERRORS):
+            if isinstance(cause, (HubError, *LINK_ERRORS)):
                 return cause
             raise
         raise AssertionError("the connection tasks never end without a failure")

@@ -6,14 +6,16 @@ import io
 import itertools
 import random
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from edge_agent.cameras.base import Camera, Photo
 from edge_agent.config import SyntheticCameraConfig
 
-FLOOR_RGB = (150, 120, 85)
-"""Litter-coloured background."""
+FLOOR_DARK_RGB = (110, 85, 55)
+FLOOR_LIGHT_RGB = (190, 155, 115)
+"""Litter colours the background noise runs between."""
+
+NOISE_SIGMA = 40.0
 
 DROPPING_RGB = ((90, 70, 40), (60, 50, 35), (120, 95, 60))
 
@@ -27,7 +29,6 @@ class SyntheticCamera(Camera):
         self.config = config
         self._frames = itertools.count(1)
         self._random = random.Random()
-        self._noise = np.random.default_rng()
 
     def capture(self) -> Photo:
         frame = next(self._frames)
@@ -38,10 +39,10 @@ class SyntheticCamera(Camera):
         return Photo(buffer.getvalue(), meta={"camera": self.name, "frame": frame})
 
     def _floor(self) -> Image.Image:
-        shape = (self.config.height, self.config.width, 3)
-        noise = self._noise.integers(-25, 26, size=shape, dtype=np.int16)
-        pixels = np.clip(noise + np.array(FLOOR_RGB, dtype=np.int16), 0, 255)
-        return Image.fromarray(pixels.astype(np.uint8), "RGB")
+        """Grey noise tinted to litter colours: no two frames alike, no numpy."""
+        size = (self.config.width, self.config.height)
+        noise = Image.effect_noise(size, NOISE_SIGMA)
+        return ImageOps.colorize(noise, FLOOR_DARK_RGB, FLOOR_LIGHT_RGB)
 
     def _draw_droppings(self, image: Image.Image) -> None:
         draw = ImageDraw.Draw(image)

@@ -58,7 +58,7 @@ def wait_until(condition: Any, timeout_s: float = 60.0, step_s: float = 0.1) -> 
 class HubProcess:
     """``farmeye hub`` in a child process, on fixed ports so it can restart."""
 
-    def __init__(self, tmp_path: Path, db_url: str, redis_url: str) -> None:
+    def __init__(self, tmp_path: Path, db_url: str, redis_url: str, **env: str) -> None:
         self.ingest_port = free_port()
         self.http_port = free_port()
         self.log_path = tmp_path / "hub.log"
@@ -72,6 +72,7 @@ class HubProcess:
             "FARMEYE_HTTP_HOST": "127.0.0.1",
             "FARMEYE_HTTP_PORT": str(self.http_port),
             "FARMEYE_TRIAGE_PROCESSES": "1",
+            **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -159,6 +160,10 @@ class AgentProcess:
             code = self.process.wait()
         self.process = None
         return code
+
+    def assert_no_traceback(self) -> None:
+        """Every failure on the way was handled: no crash, no ERROR with a trace."""
+        assert "Traceback" not in self.log(), self.log()[-5000:]
 
     def log(self) -> str:
         return (

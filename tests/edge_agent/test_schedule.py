@@ -8,6 +8,7 @@ import random
 import urllib.request
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 from edge_agent.schedule import Schedule, Scheduler, SimilarFrameFilter
 from tests.edge_agent.support import (
@@ -179,7 +180,9 @@ def test_near_identical_frames_are_skipped_until_keep_time() -> None:
     assert frames.skipped == 1
 
 
-def post_command(hub: HubProcess, token: str, device_id: str, body: dict) -> int:
+def post_command(
+    hub: HubProcess, token: str, device_id: str, body: dict[str, Any]
+) -> int:
     request = urllib.request.Request(
         f"http://127.0.0.1:{hub.http_port}/api/devices/{device_id}/commands",
         data=json.dumps(body).encode(),
