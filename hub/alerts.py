@@ -108,7 +108,7 @@ class AlertRules:
             return None
         if alert is None:
             return None
-        logger.warning("alert for coop %s: %s", alert["coop_id"], alert["message"])
+        logger.info("alert for coop %s: %s", alert["coop_id"], alert["message"])
         self.metrics.alerts.labels(alert["label"]).inc()
         await self.bus.emit(
             "alert",

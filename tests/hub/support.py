@@ -184,3 +184,36 @@ async def http_get(
             return exc.code, dict(exc.headers), exc.read()
 
     return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+class HubThread:
+    """A hub on an event loop of its own thread, for tests that run commands."""
+
+    def __init__(self, settings: Settings, db_url: str, redis_url: str) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.hub = Hub(
+            settings,
+            db_url,
+            redis_url,
+            events_channel=f"test-events:{secrets.token_hex(4)}",
+        )
+        self.call(self.hub.start())
+
+    def call(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the hub's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(60)
+
+    @property
+    def ingest(self) -> str:
+        host, port = ingest_of(self.hub)
+        return f"{host}:{port}"
+
+    def stop(self) -> None:
+        self.call(self.hub.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
