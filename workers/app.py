@@ -102,6 +102,7 @@ def start_engine(settings: WorkerSettings) -> AnalysisEngine:
     """Load the model on its device, connect, and start the batchers."""
     global _engine
     from workers.announce import Announcer
+    from workers.crashes import CrashCounter
     from workers.runner import ModelRunner, cpu_threads_per_process
     from workers.store import AnalysisStore
 
@@ -115,7 +116,13 @@ def start_engine(settings: WorkerSettings) -> AnalysisEngine:
     store = AnalysisStore(
         settings.database_url, retry_window_s=settings.database_retry_window_s
     )
-    engine = AnalysisEngine(runner, store, Announcer(settings.redis_url), settings)
+    engine = AnalysisEngine(
+        runner,
+        store,
+        Announcer(settings.redis_url),
+        CrashCounter(settings.redis_url),
+        settings,
+    )
     _engine = engine.start()
     metrics.MODEL.labels(runner.version, runner.device).set(1)
     return engine
@@ -183,18 +190,23 @@ def analyse(
     published_at: float | None = None,
 ) -> str:
     """Run the full model on one capture; returns once the result is stored."""
+    engine = running_engine()
+    task_id = str(self.request.id)
     job = AnalysisJob(
         capture_id=int(capture_id),
         image_b64=image_b64,
         attempt=self.request.retries + 1,
+        crashes=engine.crashes.start(task_id),
         priority=_priority(self.request.delivery_info, triage_label),
         published_at_s=published_at,
     )
     try:
-        outcome = running_engine().analyse(job)
+        outcome = engine.analyse(job)
     except RetryLater as exc:
         metrics.RETRIES.labels(exc.reason).inc()
         raise self.retry(countdown=exc.delay_s, exc=exc, max_retries=None) from None
+    finally:
+        engine.crashes.finish(task_id)
     return outcome.status
 
 

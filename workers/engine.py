@@ -12,7 +12,9 @@ return and Celery acknowledge it. In between, the photo passes two batchers:
 
 So the model is busy with the next batch while the previous one is drawn and
 committed. Failures become :class:`RetryLater` (the task goes back to the
-queue) or a stored ``failed`` analysis once a photo has used its attempts.
+queue) or a stored ``failed`` analysis once a photo has used its attempts, or
+at once when earlier deliveries of the task died with their worker process
+(:mod:`workers.crashes`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from farmeye.imaging import ImageError, preprocess
 from workers import metrics
 from workers.announce import Announcer
 from workers.batching import Batcher
+from workers.crashes import CrashCounter
 from workers.heatmap import render_overlay
 from workers.runner import Inference
 from workers.settings import WorkerSettings
@@ -77,6 +80,8 @@ class AnalysisJob:
     capture_id: int
     image_b64: str
     attempt: int = 1
+    crashes: int = 0
+    """Earlier deliveries whose worker process died during the analysis."""
     priority: int = 0
     published_at_s: float | None = None
     """Wall-clock time the hub sent the task (for the queue wait metric)."""
@@ -110,11 +115,13 @@ class AnalysisEngine:
         runner: Runner,
         store: AnalysisStore,
         announcer: Announcer,
+        crashes: CrashCounter,
         settings: WorkerSettings,
     ) -> None:
         self.runner = runner
         self.store = store
         self.announcer = announcer
+        self.crashes = crashes
         self.settings = settings
         self._inference: Batcher[_Photo, _Verdict] = Batcher(
             self._infer_batch,
@@ -144,10 +151,17 @@ class AnalysisEngine:
         self._storage.stop()
         self.store.close()
         self.announcer.close()
+        self.crashes.close()
 
     def analyse(self, job: AnalysisJob) -> Outcome:
         """Analyse, store and announce one capture; raises :class:`RetryLater`."""
         deadline_s = time.monotonic() + self.settings.task_deadline_s
+        if job.crashes >= self.settings.max_worker_crashes:
+            message = (
+                f"{job.crashes} worker processes died while analysing this photo;"
+                " it is not tried again"
+            )
+            return self._failed(job, "crash", message, retry=False)
         try:
             pixels = preprocess(decode_photo(job.image_b64), self.runner.input_size)
         except ImageError as exc:
@@ -175,10 +189,12 @@ class AnalysisEngine:
         )
         return self._save(record, job, deadline_s)
 
-    def _failed(self, job: AnalysisJob, reason: str, message: str) -> Outcome:
+    def _failed(
+        self, job: AnalysisJob, reason: str, message: str, *, retry: bool = True
+    ) -> Outcome:
         """Retry while attempts remain, then store the failure."""
         metrics.FAILURES.labels(reason).inc()
-        if job.attempt <= self.settings.max_image_retries:
+        if retry and job.attempt <= self.settings.max_image_retries:
             logger.info(
                 "capture %s, attempt %d: %s; retrying",
                 job.capture_id,

@@ -85,6 +85,12 @@ class WorkerSettings(BaseModel):
         description="Retries of a photo that cannot be decoded before it is"
         " recorded as failed.",
     )
+    max_worker_crashes: int = Field(
+        default=3,
+        ge=1,
+        description="Worker processes a photo may take down with it before it is"
+        " recorded as failed instead of analysed again.",
+    )
     retry_delay_s: float = Field(
         default=2.0, ge=0, description="Seconds before a retried task runs again."
     )
@@ -104,7 +110,7 @@ class WorkerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _task_deadline_fits(self) -> WorkerSettings:
-        if self.task_deadline_s < 1.0:
+        if self.task_deadline_s < 2.0:
             raise ValueError(
                 f"visibility_timeout_s {self.visibility_timeout_s} leaves no time "
                 "to analyse a batch; use at least 4 seconds"
@@ -133,10 +139,10 @@ class WorkerSettings(BaseModel):
     def task_deadline_s(self) -> float:
         """How long a task may wait for its batch before it is retried.
 
-        A quarter of the visibility timeout: the task is acknowledged or
-        retried well before Redis would hand it to another worker.
+        Half the visibility timeout: the task is acknowledged or retried
+        before Redis would hand it to another worker.
         """
-        return self.visibility_timeout_s / 4
+        return self.visibility_timeout_s / 2
 
     def to_env(self) -> str:
         """The settings as the value of :data:`SETTINGS_ENV`."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import psycopg2
 import redis
 from celery import Celery
 from PIL import Image
@@ -166,6 +167,7 @@ class TaskSender:
         *,
         suspicious: bool = False,
         image_b64: str | None = None,
+        task_id: str | None = None,
     ) -> str:
         arguments = analyse_arguments(
             capture_id,
@@ -176,6 +178,7 @@ class TaskSender:
             ANALYSE_TASK,
             kwargs=arguments,
             priority=PRIORITY_SUSPICIOUS if suspicious else PRIORITY_ROUTINE,
+            task_id=task_id,
         )
         return str(result.id)
 
@@ -228,11 +231,15 @@ class TableLock:
             cursor.execute("LOCK TABLE analyses IN SHARE MODE")
 
     def release(self) -> None:
-        if not self.connection.closed:
-            try:
-                self.connection.rollback()
-            finally:
-                self.connection.close()
+        """Unlock; a connection the server already closed has nothing to undo."""
+        if self.connection.closed:
+            return
+        try:
+            self.connection.rollback()
+        except psycopg2.Error:
+            pass
+        finally:
+            self.connection.close()
 
 
 class EventListener:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from PIL import Image
 
 from farmeye.embedded import free_port
@@ -32,6 +33,7 @@ from tests.workers.support import (
     wait_until,
     worker_waits_on_lock,
 )
+from workers.crashes import KEY_PREFIX
 
 BATCH_SIZE = 4
 ROUTINE_QUEUED = 16
@@ -271,4 +273,25 @@ def test_metrics_show_batches_waits_and_failures(cluster: Cluster):
         r'^farmeye_worker_failures_total\{reason="image"\} (\S+)$', text, re.M
     )
     assert image_failures is not None and float(image_failures.group(1)) >= 6
-    assert re.search(r'^farmeye_worker_analyses_total\{status="failed"\} 3', text, re.M)
+    failed = re.search(
+        r'^farmeye_worker_analyses_total\{status="failed"\} (\S+)$', text, re.M
+    )
+    assert failed is not None and float(failed.group(1)) >= 3
+
+
+def test_photo_that_kept_killing_workers_is_recorded_failed(cluster: Cluster):
+    """A task whose earlier deliveries died with their process is not run again."""
+    photo = synthetic_photo(700)
+    (capture_id,) = cluster.farm.add_captures([photo])
+    task_id = f"crash-{capture_id}"
+    client = redis.Redis.from_url(cluster.redis_url)
+    try:
+        client.set(KEY_PREFIX + task_id, 3)
+        cluster.sender.send(capture_id, photo, task_id=task_id)
+        wait_until(lambda: all_analysed(cluster.database_url, [capture_id]), what="it")
+        wait_until(lambda: not client.exists(KEY_PREFIX + task_id), what="the mark")
+    finally:
+        client.close()
+    ((_, status, _, error, *_),) = analyses(cluster.database_url, [capture_id])
+    assert status == "failed"
+    assert "3 worker processes died" in error
