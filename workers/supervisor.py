@@ -106,6 +106,7 @@ class Supervisor:
         self._stop_requested = False
         self._reload_requested = False
         self._metrics_dir: Path | None = None
+        self._spawned = 0
 
     def run(self) -> int:
         """Start everything, supervise until a stop signal; the exit status."""
@@ -199,7 +200,8 @@ class Supervisor:
         return child
 
     def _spawn(self, index: int) -> _Child:
-        ready_file = self._run_dir / f"ready-{index}-{time.monotonic_ns()}.json"
+        self._spawned += 1
+        ready_file = self._run_dir / f"ready-{index}-{self._spawned}.json"
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and args
             self._command(index),
             env=self._environment(index, ready_file),
@@ -209,15 +211,17 @@ class Supervisor:
 
     def _command(self, index: int) -> list[str]:
         level = self.settings.log_level.upper()
+        quiet = [] if level in ("DEBUG", "INFO") else ["--quiet"]
         return [
             sys.executable,
             "-m",
             "celery",
             "-A",
             "workers.app",
+            *quiet,
             "worker",
             f"--loglevel={level}",
-            f"--hostname=farmeye-worker-{index}-{os.getpid()}@%h",
+            f"--hostname=farmeye-{os.getpid()}-{index}-{self._spawned}@%h",
             f"--queues={ANALYSIS_QUEUE}",
             "--without-gossip",
             "--without-mingle",
