@@ -17,6 +17,7 @@ from a worker thread, so a slow e-ink panel never blocks uploads.
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib
 import importlib.metadata
 import json
@@ -42,6 +43,14 @@ RETRY_MAX_S: Final = 300.0
 REFUSED_RETRY_S: Final = 900.0
 """Wait after the hub refused the display's token: only a person can fix it."""
 OPEN_TIMEOUT_S: Final = 20.0
+
+
+class _Ended(enum.Enum):
+    """How one subscription to the event stream ended."""
+
+    CLOSED = "closed"
+    FAILED = "failed"
+    REFUSED = "refused"
 
 
 class DisplayError(ValueError):
@@ -226,17 +235,19 @@ class Display:
         await self.board.publish()
         failures = 0
         while True:
-            delay_s = await self._subscribe_once()
-            if delay_s is None:
-                failures = 0
-                delay_s = RETRY_INITIAL_S
-            else:
-                failures += 1
-            cap_s = min(RETRY_MAX_S, delay_s * 2 ** min(failures, 16))
-            await asyncio.sleep(self._rng.uniform(delay_s / 2, cap_s))
+            outcome = await self._subscribe_once()
+            failures = 0 if outcome is _Ended.CLOSED else failures + 1
+            await asyncio.sleep(self._retry_delay_s(outcome, failures))
 
-    async def _subscribe_once(self) -> float | None:
-        """One subscription; the base wait before the next, None after success."""
+    def _retry_delay_s(self, outcome: _Ended, failures: int) -> float:
+        """Jittered: long after a refused token, else doubling up to a cap."""
+        if outcome is _Ended.REFUSED:
+            return self._rng.uniform(REFUSED_RETRY_S / 2, REFUSED_RETRY_S)
+        cap_s = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(failures, 16))
+        return self._rng.uniform(RETRY_INITIAL_S / 2, max(cap_s, RETRY_INITIAL_S))
+
+    async def _subscribe_once(self) -> _Ended:
+        """One subscription, until it ends; says how."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
 
@@ -257,20 +268,20 @@ class Display:
         except (OSError, TimeoutError, WebSocketException) as exc:
             logger.info("event stream %s unavailable: %s", _redact(url), exc)
             await self._connected(False)
-            return RETRY_INITIAL_S
+            return _Ended.FAILED
         await self._connected(False)
-        return None
+        return _Ended.CLOSED
 
-    def _refused(self, status_code: int) -> float:
+    def _refused(self, status_code: int) -> _Ended:
         if status_code in (401, 403):
             logger.error(
                 "hub refused the display's token (HTTP %s); set display.token to a "
                 "token from `farmeye users add` that may see this coop",
                 status_code,
             )
-            return REFUSED_RETRY_S
+            return _Ended.REFUSED
         logger.warning("event stream answered HTTP %s", status_code)
-        return RETRY_INITIAL_S
+        return _Ended.FAILED
 
     async def _connected(self, connected: bool) -> None:
         if self.board.set(connected=connected):

@@ -13,8 +13,10 @@ import pytest
 from edge_agent.config import RendererConfig
 from edge_agent.display import (
     ConsoleRenderer,
+    Display,
     DisplayError,
     StatusBoard,
+    _Ended,
     load_renderer,
     status_line,
 )
@@ -168,3 +170,14 @@ def test_refused_display_token_is_a_clear_error(
         agent.stop()
     assert agent.log().count("refused the display's token") == 1
     assert "connected to hub" in agent.log()
+
+
+def test_resubscribe_waits_grow_and_a_refused_token_waits_long(
+    tmp_path: Path,
+) -> None:
+    """Failures back off up to five minutes; a refused token waits 7.5-15 min."""
+    display = Display("ws://hub/ws/events", None, StatusBoard(tmp_path / "s", []))
+    for failures in range(1, 20):
+        assert 1.0 <= display._retry_delay_s(_Ended.FAILED, failures) <= 300.0
+    for _ in range(100):
+        assert 450.0 <= display._retry_delay_s(_Ended.REFUSED, 1) <= 900.0
