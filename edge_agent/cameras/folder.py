@@ -4,8 +4,8 @@ Each capture takes the first photo in name order (so timestamped names go
 oldest first) and deletes it only once it is safe in the spool. Writers
 should create files under a name starting with a dot or ending in ``.part``
 and rename them when complete; ``min_age_s`` covers writers that cannot.
-A file that is not a JPEG or PNG is renamed to ``NAME.rejected`` with a
-WARNING and never taken again.
+A file that is not a JPEG or PNG, or cannot be read, is renamed to
+``NAME.rejected`` with a WARNING and never taken again.
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ class FolderCamera(Camera):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CameraError(f"cannot read {path}: {exc.strerror}") from None
+            self._reject(path, f"cannot be read ({exc.strerror})")
+            return None
         content_type = _content_type(data)
         if content_type is None:
-            self._reject(path)
+            self._reject(path, "is not a JPEG or PNG photo")
             return None
         return Photo(
             data,
@@ -85,12 +86,9 @@ class FolderCamera(Camera):
             on_done=lambda: path.unlink(missing_ok=True),
         )
 
-    def _reject(self, path: Path) -> None:
-        logger.warning(
-            "%s is not a JPEG or PNG photo; renaming it to %s.rejected",
-            path,
-            path.name,
-        )
+    def _reject(self, path: Path, reason: str) -> None:
+        """Rename a file that can never be a photo, so it is not taken again."""
+        logger.warning("%s %s; renaming it to %s.rejected", path, reason, path.name)
         try:
             os.replace(path, path.with_name(path.name + ".rejected"))
         except OSError as exc:

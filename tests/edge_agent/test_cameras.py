@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
 from PIL import Image
 
 from edge_agent.cameras import CameraError, CameraUnavailable, make_camera
@@ -22,6 +24,7 @@ from edge_agent.config import (
     Picamera2CameraConfig,
     SyntheticCameraConfig,
 )
+from farmeye.commands.agent import agent
 from tests.edge_agent.support import photo
 
 
@@ -205,3 +208,23 @@ def test_opencv_backend_warms_up_and_encodes(monkeypatch: pytest.MonkeyPatch) ->
     assert taken is not None and taken.data == photo(7)
     assert capture.properties == {3: 320, 4: 240}
     assert capture.grabs == 3
+
+
+def test_agent_command_stops_with_the_package_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`farmeye agent` with an opencv camera and no cv2 exits 1 naming the package."""
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    config = {
+        "device_id": "dev_0123456789abcdef0123",
+        "secret": "s3cret",
+        "state_dir": str(tmp_path / "state"),
+        "hub": {"address": "127.0.0.1:9"},
+        "camera": {"type": "opencv"},
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(agent, ["--config", str(path)])
+    assert result.exit_code == 1
+    assert "needs opencv-python-headless" in result.output
+    assert "Traceback" not in result.output
