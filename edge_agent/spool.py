@@ -45,6 +45,9 @@ ENTRY_NAME = re.compile(
 )
 """Spool entry file name; anything else in ``entries/`` is moved aside."""
 
+MAX_MILLIS = 10**13 - 1
+"""Capture times are stored as 13 digits of milliseconds (until year 2286)."""
+
 SIDECAR_SUFFIX = ".json"
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 EXTENSIONS = {value: key for key, value in CONTENT_TYPES.items()}
@@ -206,7 +209,8 @@ class Spool:
     def _new_entry(
         self, sha256: str, captured_at: datetime, content_type: str, size_bytes: int
     ) -> Entry:
-        millis = int(captured_at.timestamp() * 1000)
+        # A camera clock before 1970 must not make a name that fails to parse.
+        millis = min(max(int(captured_at.timestamp() * 1000), 0), MAX_MILLIS)
         ext = EXTENSIONS.get(content_type)
         if ext is None:
             raise ValueError(f"content type {content_type!r} is not a spooled type")

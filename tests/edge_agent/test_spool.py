@@ -159,3 +159,10 @@ def test_sigkill_mid_write_leaves_only_whole_photos(
     assert all(spool.read(entry) is not None for entry in spool.entries())
     assert spool.quarantined == 0
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_capture_time_before_1970_still_makes_a_valid_entry(tmp_path: Path) -> None:
+    """A Pi clock gone wrong cannot turn a photo into an unreadable name."""
+    spool = open_spool(tmp_path)
+    spool.put(photo(1), datetime(1969, 12, 31, tzinfo=UTC))
+    assert open_spool(tmp_path).depth == 1
