@@ -37,12 +37,14 @@ _DROPPING_COLOURS = {
 }
 
 
-def synthetic_photo(rng: random.Random, label: str) -> bytes:
+def synthetic_photo(
+    rng: random.Random, label: str, size_px: tuple[int, int] = PHOTO_SIZE_PX
+) -> bytes:
     """A JPEG of litter with a few droppings that look like ``label``."""
-    width, height = PHOTO_SIZE_PX
-    litter = Image.new("RGB", PHOTO_SIZE_PX, (196, 170, 120))
+    width, height = size_px
+    litter = Image.new("RGB", size_px, (196, 170, 120))
     draw = ImageDraw.Draw(litter)
-    for _ in range(900):
+    for _ in range(900 * width * height // (640 * 480)):
         x, y = rng.randrange(width), rng.randrange(height)
         shade = rng.randrange(150, 230)
         colour = (shade, int(shade * 0.85), int(shade * 0.55))
@@ -50,7 +52,7 @@ def synthetic_photo(rng: random.Random, label: str) -> bytes:
         draw.line((x, y, *end), fill=colour, width=2)
     body, cap = _DROPPING_COLOURS[label]
     for _ in range(rng.randrange(2, 5)):
-        _dropping(draw, rng, body, cap)
+        _dropping(draw, rng, body, cap, size_px)
     photo = litter.filter(ImageFilter.GaussianBlur(0.8))
     out = io.BytesIO()
     photo.save(out, format="JPEG", quality=88)
@@ -62,8 +64,9 @@ def _dropping(
     rng: random.Random,
     body: tuple[int, int, int],
     cap: tuple[int, int, int],
+    size_px: tuple[int, int],
 ) -> None:
-    width, height = PHOTO_SIZE_PX
+    width, height = size_px
     x, y = rng.randrange(80, width - 80), rng.randrange(80, height - 80)
     rx, ry = rng.randrange(25, 60), rng.randrange(18, 45)
     draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=body)

@@ -33,6 +33,7 @@ from farmeye.tasks import (
     celery_settings,
 )
 from hub import repository
+from hub.batching import BatchWriter
 from hub.database import Database
 from hub.metrics import HubMetrics
 from hub.store import ImageStore
@@ -62,8 +63,12 @@ def build_celery_app(redis_url: str) -> Celery:
     """A Celery app that can send analysis tasks; no task code is imported."""
     settings = celery_settings(redis_url)
     transport = dict(settings["broker_transport_options"])
+    # body_encoding None: the JSON body goes into Redis as is, not base64'd a
+    # second time (the photo is already base64); consumers read either form.
     transport.update(
-        socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        body_encoding=None,
     )
     settings["broker_transport_options"] = transport
     settings["broker_connection_timeout"] = REDIS_TIMEOUT_S
@@ -105,6 +110,7 @@ class Dispatcher:
         )
         # One thread: the Celery producer is used from one thread only.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="hub-dispatch")
+        self._queued = BatchWriter(database, repository.mark_queued)
         self._queue_length = (0, 0.0)
         self._outage_logged = False
 
@@ -131,7 +137,7 @@ class Dispatcher:
                 self._outage_logged = True
             return False
         self._outage_logged = False
-        await self.database.run(repository.mark_queued, [capture_id])
+        await self._queued.submit(capture_id)
         return True
 
     def _send(self, capture_id: int, data: bytes, triage_label: str | None) -> None:
@@ -201,7 +207,11 @@ class Dispatcher:
             sent += 1
         return sent
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        self._queued.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._close_clients)
+
+    def _close_clients(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._redis.close()
         self.app.close()

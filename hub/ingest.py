@@ -129,10 +129,12 @@ class FrameLink:
             self._inbox.extend(self._decoder.feed(data))
         return self._inbox.pop(0)
 
-    async def send(self, header: Mapping[str, Any]) -> None:
+    async def send(self, header: Mapping[str, Any], *, validate: bool = True) -> None:
+        """Write one frame; ``validate=False`` for headers built from checked
+        values only (acks, pongs), which are most of what the hub sends."""
         if self.writer.is_closing():
             return
-        self.writer.write(protocol.encode(header))
+        self.writer.write(protocol.encode(header, validate=validate))
         await asyncio.wait_for(self.writer.drain(), DRAIN_TIMEOUT_S)
 
     async def close(self) -> None:
@@ -322,7 +324,7 @@ class IngestServer:
                 task.add_done_callback(lambda _: in_flight.release())
                 self._track(task)
             elif frame.type == "ping":
-                await link.send(protocol.pong(frame.header["id"]))
+                await link.send(protocol.pong(frame.header["id"]), validate=False)
                 await self.devices.heard_from(device, None)
             elif frame.type == "health":
                 await self.devices.heard_from(device, frame.header)
@@ -362,15 +364,16 @@ class IngestServer:
             )
             await self._send_quietly(link, header)
             return
-        await self._send_quietly(
-            link, protocol.ack(upload_id, result.capture_id, result.duplicate)
-        )
+        ack = protocol.ack(upload_id, result.capture_id, result.duplicate)
+        await self._send_quietly(link, ack, validate=False)
         self.metrics.ack_seconds.observe(time.perf_counter() - received_s)
 
-    async def _send_quietly(self, link: FrameLink, header: Mapping[str, Any]) -> None:
+    async def _send_quietly(
+        self, link: FrameLink, header: Mapping[str, Any], *, validate: bool = True
+    ) -> None:
         """Send, accepting that the peer may be gone: it will retry from its spool."""
         with contextlib.suppress(OSError, TimeoutError):
-            await link.send(header)
+            await link.send(header, validate=validate)
 
 
 def _expect(frame: Frame, kind: str) -> None:

@@ -281,31 +281,58 @@ def _rows_in_order(
     return rows
 
 
-def save_triage(
-    connection: Connection,
-    capture_id: int,
-    label: str,
-    scores: Mapping[str, float],
-    model_version: str,
-    latency_ms: float,
-) -> None:
+@dataclass(frozen=True)
+class TriageRow:
+    capture_id: int
+    label: str
+    scores: Mapping[str, float]
+    model_version: str
+    latency_ms: float
+
+
+def save_triages(connection: Connection, rows: Sequence[TriageRow]) -> list[None]:
+    """Store triage verdicts; one lost in a crash costs only its display."""
     with connection.cursor() as cursor:
-        cursor.execute(
+        _skip_fsync(cursor)
+        execute_values(
+            cursor,
             "INSERT INTO triage_results"
             " (capture_id, label, scores, model_version, latency_ms)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (capture_id) DO NOTHING",
-            (capture_id, label, Json(dict(scores)), model_version, latency_ms),
+            " VALUES %s ON CONFLICT (capture_id) DO NOTHING",
+            [_triage_values(row) for row in rows],
         )
+    return [None] * len(rows)
 
 
-def mark_queued(connection: Connection, capture_ids: Sequence[int]) -> None:
-    """The captures' analysis tasks are in the queue."""
+def _triage_values(row: TriageRow) -> tuple[Any, ...]:
+    return (
+        row.capture_id,
+        row.label,
+        Json(dict(row.scores)),
+        row.model_version,
+        row.latency_ms,
+    )
+
+
+def mark_queued(connection: Connection, capture_ids: Sequence[int]) -> list[None]:
+    """The captures' analysis tasks are in the queue.
+
+    Not waited for on disk: if the mark is lost in a crash the capture is
+    sent again, and the worker's result is keyed by capture and model.
+    """
     with connection.cursor() as cursor:
+        _skip_fsync(cursor)
         cursor.execute(
             "UPDATE captures SET dispatch_state = 'queued'"
             " WHERE id = ANY(%s) AND dispatch_state = 'pending'",
             (list(capture_ids),),
         )
+    return [None] * len(capture_ids)
+
+
+def _skip_fsync(cursor: Any) -> None:
+    """Commit this transaction without waiting for the WAL flush."""
+    cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 def mark_dispatch_failed(connection: Connection, capture_id: int) -> None:

@@ -161,7 +161,7 @@ class Hub:
         await self.alerts.close()
         await self.bus.close()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.dispatcher.close)
+        await self.dispatcher.close()
         await loop.run_in_executor(None, self.triage.close)
         await loop.run_in_executor(None, self.database.close)
         logger.info("hub stopped")

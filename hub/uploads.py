@@ -25,19 +25,17 @@ from farmeye.db import DatabaseUnavailable
 from farmeye.imaging import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from farmeye.protocol import Frame, ProtocolError
 from hub import repository
+from hub.batching import BatchWriter
 from hub.database import Database
 from hub.dispatch import Dispatcher
 from hub.events import EventBus
 from hub.ingest import DeviceRecord, UploadResult
 from hub.metrics import HubMetrics
-from hub.repository import CaptureDraft, CaptureRow
+from hub.repository import CaptureDraft, CaptureRow, TriageRow
 from hub.store import ImageStore, StoreError
 from hub.triage_pool import TriageOutcome, TriagePool
 
 logger = logging.getLogger(__name__)
-
-MAX_COMMIT_BATCH = 128
-"""Most capture rows written in one group commit."""
 
 STORE_THREADS = 8
 """Threads writing photos; fsync waits on the disk, not the CPU."""
@@ -95,55 +93,6 @@ def store_photo(store: ImageStore, data: bytes, sha256: str) -> tuple[str, str]:
         ) from None
 
 
-class GroupCommit:
-    """Batches capture inserts of concurrent uploads into one transaction."""
-
-    def __init__(self, database: Database, metrics: HubMetrics) -> None:
-        self.database = database
-        self.metrics = metrics
-        self._queue: list[tuple[CaptureDraft, asyncio.Future[CaptureRow]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def insert(self, draft: CaptureDraft) -> CaptureRow:
-        """Insert (or find) the draft's row; return once it is committed."""
-        future: asyncio.Future[CaptureRow] = asyncio.get_running_loop().create_future()
-        self._queue.append((draft, future))
-        self._wakeup.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="group-commit")
-        return await future
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch = self._queue[:MAX_COMMIT_BATCH]
-                del self._queue[:MAX_COMMIT_BATCH]
-                await self._commit(batch)
-
-    async def _commit(
-        self, batch: list[tuple[CaptureDraft, asyncio.Future[CaptureRow]]]
-    ) -> None:
-        drafts = [draft for draft, _ in batch]
-        try:
-            rows = await self.database.run(repository.insert_captures, drafts)
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self.metrics.commit_batch.observe(len(batch))
-        for (_, future), row in zip(batch, rows, strict=True):
-            if not future.done():
-                future.set_result(row)
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
 class UploadPipeline:
     """The hub's :class:`hub.ingest.UploadSink`."""
 
@@ -162,7 +111,10 @@ class UploadPipeline:
         self.dispatcher = dispatcher
         self.bus = bus
         self.metrics = metrics
-        self._commits = GroupCommit(database, metrics)
+        self._commits = BatchWriter(
+            database, repository.insert_captures, metrics.commit_batch
+        )
+        self._triage_rows = BatchWriter(database, repository.save_triages)
         self._executor = ThreadPoolExecutor(
             STORE_THREADS, thread_name_prefix="hub-store"
         )
@@ -187,7 +139,7 @@ class UploadPipeline:
             key,
         )
         try:
-            row = await self._commits.insert(draft)
+            row = await self._commits.submit(draft)
         except DatabaseUnavailable as exc:
             logger.warning("cannot record upload of %s: %s", device.device_id, exc)
             raise ProtocolError(
@@ -246,13 +198,14 @@ class UploadPipeline:
             model_version=outcome.model_version,
             latency_ms=outcome.latency_ms,
         )
-        save = self.database.run(
-            repository.save_triage,
-            ids["capture_id"],
-            outcome.label,
-            outcome.scores,
-            outcome.model_version,
-            outcome.latency_ms,
+        save = self._triage_rows.submit(
+            TriageRow(
+                ids["capture_id"],
+                outcome.label,
+                outcome.scores,
+                outcome.model_version,
+                outcome.latency_ms,
+            )
         )
         await asyncio.gather(event, save)
 
@@ -263,4 +216,5 @@ class UploadPipeline:
         for task in list(self._follow_ups):
             task.cancel()
         self._commits.close()
+        self._triage_rows.close()
         self._executor.shutdown(wait=True)
