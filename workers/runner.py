@@ -244,6 +244,11 @@ class ModelRunner:
                 f"heatmaps (by {worst:.4f}); its layers are not a simple chain"
             )
 
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """Scores over LABELS for a (n, size, size, 3) uint8 batch, no heatmaps."""
+        _, scores = self._forward(pixels)
+        return np.asarray(scores)
+
     def run(
         self, pixels: np.ndarray, *, heatmaps_for_all: bool = False
     ) -> list[Inference]:
