@@ -16,6 +16,7 @@ The hub runs as ``farmeye hub`` in its own process, on embedded PostgreSQL
 and FARMEYE_BENCH_REDIS_URL when set.
 
     python benchmarks/ingest.py [--cameras 50] [--seconds 20] [--rate 50]
+                                [--no-dispatch]
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def register(database_url: str, cameras: int) -> tuple[list[DeviceCredentials], 
 
 @contextlib.contextmanager
 def hub_process(
-    folder: Path, database_url: str, redis_url: str
+    folder: Path, database_url: str, redis_url: str, queue_bound: int
 ) -> Iterator[tuple[str, str, int]]:
     env = dict(
         os.environ,
@@ -165,16 +166,10 @@ def hub_process(
         FARMEYE_HTTP_HOST="127.0.0.1",
         FARMEYE_HTTP_PORT="0",
         FARMEYE_TRIAGE_PROCESSES=str(os.cpu_count() or 1),
-        FARMEYE_QUEUE_BOUND=os.environ.get("BENCH_QUEUE_BOUND", "1000000"),
+        FARMEYE_QUEUE_BOUND=str(queue_bound),
     )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            *os.environ.get("BENCH_HUB_PYTHON_ARGS", "").split(),
-            "-m",
-            "farmeye.cli",
-            "hub",
-        ],
+        [sys.executable, "-m", "farmeye.cli", "hub"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -349,6 +344,11 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=50.0, help="paced images/s")
+    parser.add_argument(
+        "--no-dispatch",
+        action="store_true",
+        help="keep captures pending (no Celery tasks), to see what dispatch costs",
+    )
     args = parser.parse_args()
 
     frames = camera_frames(DISTINCT_FRAMES)
@@ -356,7 +356,10 @@ def main() -> None:
         folder = Path(tmp)
         with servers(folder) as (database_url, redis_url):
             credentials, token = register(database_url, args.cameras)
-            with hub_process(folder, database_url, redis_url) as addresses:
+            # No worker drains the queue here, so a bound of 1 keeps every
+            # capture after the first pending: the hub without dispatch.
+            bound = 1 if args.no_dispatch else 10**9
+            with hub_process(folder, database_url, redis_url, bound) as addresses:
                 hub = asyncio.run(
                     measure(
                         credentials, token, addresses, frames, args.seconds, args.rate

@@ -26,6 +26,11 @@ from hub.http import Request
 
 logger = logging.getLogger(__name__)
 
+# The sans-I/O protocol logs each close at INFO, which the lines of this
+# module already say; keep its debug detail available on request only.
+_protocol_logger = logging.getLogger(f"{__name__}.protocol")
+_protocol_logger.setLevel(logging.WARNING)
+
 MAX_BUFFER_BYTES = 4 * 1024 * 1024
 """Unsent bytes a client may fall behind by before it is closed."""
 
@@ -207,7 +212,9 @@ class EventStream:
         writer: asyncio.StreamWriter,
     ) -> None:
         """Serve ``GET /ws/events``: authenticate, shake hands, then stream."""
-        protocol = ServerProtocol(max_size=MAX_CLIENT_MESSAGE_BYTES, extensions=None)
+        protocol = ServerProtocol(
+            max_size=MAX_CLIENT_MESSAGE_BYTES, extensions=None, logger=_protocol_logger
+        )
         protocol.receive_data(request.raw_head)
         handshake = protocol.events_received()[0]
         assert isinstance(handshake, WsRequest)  # noqa: S101
