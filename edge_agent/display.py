@@ -1,8 +1,8 @@
 """Showing the coop's latest verdict on the camera.
 
 The display subscribes to the hub's WebSocket event stream
-(``GET /ws/events?coop=ID`` with ``Authorization: Bearer TOKEN``, see
-``docs/api.md``), keeps the latest triage, analysis and alert of its coop,
+(``GET /ws/events?coop=ID`` with ``Authorization: Bearer TOKEN``, as
+served by ``hub/stream.py``), keeps the latest triage, analysis and alert of its coop,
 writes them to a JSON status file (atomically: other programs may read it at
 any moment) and hands them to renderers.
 

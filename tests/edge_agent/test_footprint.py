@@ -66,8 +66,7 @@ def camera_config(kind: str, tmp_path: Path) -> dict[str, object]:
 def test_running_agent_imports_no_heavy_package_and_stays_small(
     tmp_path: Path, hub_process: HubProcess, camera: Camera, db_url: str, kind: str
 ) -> None:
-    """Uploading and displaying for a while loads no TensorFlow, Keras, Celery or
-    psycopg2, and the resident set stays under the limit."""
+    """A working agent loads no TensorFlow, Keras, Celery, psycopg2; RSS stays low."""
     token = add_user(db_url, "viewer", "farm-a", role="viewer")
     config = agent_config(
         tmp_path, camera, hub_process.address,
