@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import KombuError
+from kombu.serialization import registry
 from redis.exceptions import RedisError
 
 from farmeye.labels import HEALTHY
@@ -55,8 +57,58 @@ PENDING_BATCH = 100
 _SEND_ERRORS = (KombuError, RedisError, OSError)
 
 
+TASK_SERIALIZER = "farmeye-json"
+"""Kombu serializer of the hub's tasks: plain JSON, written faster (below)."""
+
+
+class Base64Text(str):
+    """Base64 made by this module: only letters, digits, ``+``, ``/``, ``=``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, data: bytes) -> Base64Text:
+        return cls(base64.b64encode(data).decode("ascii"))
+
+
 class QueueFull(Exception):
     """The analysis queue is over its bound."""
+
+
+def encode_task_body(body: Any) -> str:
+    """The JSON of a Celery task body, the same text ``json.dumps`` makes.
+
+    A body is ``(args, kwargs, embed)`` and its one big value is the photo as
+    :class:`Base64Text`, which never needs escaping. Splicing it in rather
+    than letting the JSON encoder scan 400 KB saves about a millisecond per
+    photo, a sizeable share of the hub's own work on one. Any other body
+    goes to ``json.dumps`` unchanged.
+    """
+    if not (isinstance(body, tuple | list) and len(body) == 3):
+        return json.dumps(body)
+    args, kwargs, embed = body
+    if not isinstance(kwargs, dict) or not any(
+        isinstance(value, Base64Text) for value in kwargs.values()
+    ):
+        return json.dumps(body)
+    small = {k: v for k, v in kwargs.items() if not isinstance(v, Base64Text)}
+    spliced = [
+        f'{json.dumps(key)}: "{value}"'
+        for key, value in kwargs.items()
+        if isinstance(value, Base64Text)
+    ]
+    inner = json.dumps(small)[1:-1]
+    kwargs_json = "{" + ", ".join(([inner] if inner else []) + spliced) + "}"
+    return f"[{json.dumps(args)}, {kwargs_json}, {json.dumps(embed)}]"
+
+
+def _register_serializer() -> None:
+    # Content type application/json: workers decode it with their plain JSON
+    # and accept it under accept_content=["json"]. No decoder is registered,
+    # so this process's JSON decoding is untouched.
+    registry.register(  # type: ignore[no-untyped-call]
+        TASK_SERIALIZER, encode_task_body, None, "application/json"
+    )
 
 
 def build_celery_app(redis_url: str) -> Celery:
@@ -74,6 +126,7 @@ def build_celery_app(redis_url: str) -> Celery:
     settings["broker_connection_timeout"] = REDIS_TIMEOUT_S
     app = Celery("farmeye-hub", set_as_current=False)
     app.conf.update(settings)
+    _register_serializer()
     return app
 
 
@@ -145,12 +198,13 @@ class Dispatcher:
             raise QueueFull
         suspicious = triage_label is not None and triage_label != HEALTHY
         arguments: dict[str, Any] = analyse_arguments(
-            capture_id, base64.b64encode(data).decode("ascii"), triage_label
+            capture_id, Base64Text.of(data), triage_label
         )
         self.app.send_task(
             ANALYSE_TASK,
             kwargs=arguments,
             priority=PRIORITY_SUSPICIOUS if suspicious else PRIORITY_ROUTINE,
+            serializer=TASK_SERIALIZER,
             retry=False,
         )
 

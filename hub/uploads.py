@@ -37,6 +37,9 @@ from hub.triage_pool import TriageOutcome, TriagePool
 
 logger = logging.getLogger(__name__)
 
+MAX_FOLLOW_UPS = 64
+"""Acked photos waiting for triage and dispatch at most; more delays acks."""
+
 STORE_THREADS = 8
 """Threads writing photos; fsync waits on the disk, not the CPU."""
 
@@ -119,6 +122,7 @@ class UploadPipeline:
             STORE_THREADS, thread_name_prefix="hub-store"
         )
         self._follow_ups: set[asyncio.Task[None]] = set()
+        self._follow_up_slots = asyncio.Semaphore(MAX_FOLLOW_UPS)
 
     async def accept(
         self, device: DeviceRecord, frame: Frame, received_s: float
@@ -148,6 +152,9 @@ class UploadPipeline:
         self.metrics.uploads.labels("duplicate" if row.duplicate else "new").inc()
         if not row.duplicate:
             self.metrics.upload_bytes.inc(len(data))
+            # Wait for room before acking: when triage falls behind, acks slow
+            # down and photos wait in the cameras' spools, not in our memory.
+            await self._follow_up_slots.acquire()
             self._follow_up(device, row, data, received_s)
         return UploadResult(row.capture_id, row.duplicate)
 
@@ -159,6 +166,7 @@ class UploadPipeline:
         )
         self._follow_ups.add(task)
         task.add_done_callback(self._follow_ups.discard)
+        task.add_done_callback(lambda _: self._follow_up_slots.release())
 
     async def after_ack(
         self, device: DeviceRecord, row: CaptureRow, data: bytes, received_s: float

@@ -72,3 +72,17 @@ def test_retried_upload_gets_same_capture_id(
     assert second.capture_id == first.capture_id
     assert (first.duplicate, second.duplicate) == (False, True)
     assert sql(db_url, "SELECT count(*) FROM captures") == [(1,)]
+
+
+def test_task_body_encoding_matches_plain_json() -> None:
+    """The hub's faster task JSON decodes to exactly what json.dumps would give."""
+    import json
+
+    from farmeye.tasks import analyse_arguments
+    from hub.dispatch import Base64Text, encode_task_body
+
+    photo_b64 = Base64Text.of(photo(3))
+    body = ([], analyse_arguments(7, photo_b64, "salmonella"), {"chain": None})
+
+    assert json.loads(encode_task_body(body)) == json.loads(json.dumps(body))
+    assert encode_task_body(([1], {"a": "x"}, {})) == json.dumps(([1], {"a": "x"}, {}))
