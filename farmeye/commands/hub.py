@@ -42,7 +42,14 @@ async def _serve(settings: Settings, database_url: str, redis_url: str) -> None:
     from hub.server import Hub
 
     server = Hub(settings, database_url, redis_url)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise click.ClickException(
+            f"cannot listen: {exc.strerror or exc}; check ingest_port and "
+            "http_port, or stop the program that holds them"
+        ) from None
     assert server.ingest_address and server.http_address  # noqa: S101
     click.echo(
         f"hub: ingest {_address(server.ingest_address)} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import logging
 import os
@@ -120,7 +121,7 @@ def _explain(exc: Exception) -> str:
 
     if isinstance(exc, EmbeddedServerError | DatabaseError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno == 98:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return (
             f"{exc.strerror}: another program uses the hub's port; set "
             "FARMEYE_INGEST_PORT / FARMEYE_HTTP_PORT or stop it"
