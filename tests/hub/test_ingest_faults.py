@@ -131,8 +131,7 @@ def test_bad_frame_gets_error_frame_and_one_warning(
     redis_db_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A malformed frame is answered with its error code, logged once, and
-    another camera keeps uploading meanwhile."""
+    """A malformed frame gets its error code and one WARNING; others upload on."""
     chunks, half_close, code = PRE_AUTH_FAULTS[fault]
     camera = add_camera(db_url)
     caplog.set_level(logging.INFO)

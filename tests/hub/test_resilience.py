@@ -115,8 +115,7 @@ async def wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
 def test_capture_stays_pending_while_redis_is_down_and_is_sent_after(
     tmp_path: Path, db_url: str
 ) -> None:
-    """With Redis stopped an upload is still acked, kept pending, queued on return,
-    and the event relay comes back."""
+    """With Redis down uploads are acked and kept pending, then queued and relayed."""
     camera = add_camera(db_url)
     token = add_user(db_url, "ann", "farm-a")
     broker = EmbeddedRedis(tmp_path / "redis", appendonly=True)
