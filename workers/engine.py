@@ -49,6 +49,10 @@ from workers.store import (
 
 logger = logging.getLogger(__name__)
 
+BATCH_HOLD_FACTOR = 4
+"""While enough photos to fill a batch are being decoded, the batch waits up
+to this many times ``batch_wait_ms`` for them."""
+
 STORE_WAIT_S = 0.005
 """How long the storage batcher waits for the rest of a model batch."""
 
@@ -127,6 +131,7 @@ class AnalysisEngine:
             self._infer_batch,
             max_batch=settings.effective_batch_size,
             max_wait_s=settings.effective_batch_wait_s,
+            max_hold_s=settings.effective_batch_wait_s * BATCH_HOLD_FACTOR,
             name="farmeye-inference",
         )
         self._storage: Batcher[AnalysisRecord, StoredAnalysis] = Batcher(
@@ -162,13 +167,18 @@ class AnalysisEngine:
                 " it is not tried again"
             )
             return self._failed(job, "crash", message, retry=False)
+        self._inference.expect()
         try:
             pixels = preprocess(decode_photo(job.image_b64), self.runner.input_size)
         except ImageError as exc:
+            self._inference.withdraw()
             return self._failed(job, "image", f"photo cannot be analysed: {exc}")
+        except BaseException:
+            self._inference.withdraw()
+            raise
 
         photo = _Photo(pixels, job.published_at_s)
-        future = self._inference.submit(photo, job.priority)
+        future = self._inference.submit(photo, job.priority, expected=True)
         try:
             verdict = self._wait(future, deadline_s, job)
         except RetryLater:

@@ -34,7 +34,7 @@ def module_redis_url(redis_url: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_url)
     try:
         try:
-            count = int(client.config_get("databases")["databases"])
+            count = int(str(client.config_get("databases")["databases"]))
         except (redis.RedisError, KeyError, ValueError):
             count = 16
     finally:

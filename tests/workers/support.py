@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,7 +113,9 @@ class Farm:
                             "test",
                         ),
                     )
-                    ids.append(int(cursor.fetchone()[0]))
+                    row = cursor.fetchone()
+                    assert row is not None
+                    ids.append(int(row[0]))
         finally:
             connection.close()
         return ids
@@ -247,7 +250,9 @@ class EventListener:
 
     def __init__(self, redis_url: str) -> None:
         self._client = redis.Redis.from_url(redis_url)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._client.pubsub(  # type: ignore[no-untyped-call]
+            ignore_subscribe_messages=True
+        )
         self._pubsub.subscribe(EVENTS_CHANNEL)
         self.events: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -348,7 +353,7 @@ class WorkerRun:
                 pass
         self.process.wait(30)
         for pid in pids[:-1]:
-            wait_until(lambda pid=pid: not _alive(pid), timeout_s=30, what="exit")
+            wait_until(partial(_dead, pid), timeout_s=30, what=f"process {pid} to end")
 
     def stop(self, timeout_s: float = 120.0) -> int:
         """SIGTERM (warm shutdown) and the exit status."""
@@ -372,6 +377,10 @@ class WorkerRun:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _dead(pid: int) -> bool:
+    return not _alive(pid)
 
 
 def _alive(pid: int) -> bool:

@@ -101,7 +101,44 @@ def test_stop_handles_what_is_queued_then_refuses():
 
 def test_handler_returning_wrong_count_is_an_error():
     """A handler bug (results missing) fails the batch instead of hanging it."""
-    batcher = Batcher(lambda items: [], max_batch=1, max_wait_s=0, name="t").start()
+
+    def forgetful(items: Sequence[int]) -> list[int | BaseException]:
+        return []
+
+    batcher = Batcher(forgetful, max_batch=1, max_wait_s=0, name="test").start()
     with pytest.raises(RuntimeError, match="returned 0 results for 1 items"):
         batcher.submit(1).result(10)
     batcher.stop(5)
+
+
+def test_announced_items_keep_the_batch_open_until_full():
+    """While enough announced items are on their way, the batch waits for them."""
+    recorder = Recorder()
+    batcher = Batcher(
+        recorder, max_batch=3, max_wait_s=0.01, max_hold_s=60.0, name="test"
+    ).start()
+    batcher.expect()
+    batcher.expect()
+    first = batcher.submit(1)
+    threading.Event().wait(0.2)  # well past max_wait_s: a lone item would go
+    rest = [batcher.submit(i, expected=True) for i in (2, 3)]
+    for future in [first, *rest]:
+        future.result(10)
+    batcher.stop(5)
+    assert recorder.batches == [[1, 2, 3]]
+
+
+def test_withdrawn_announcement_lets_the_batch_go():
+    """An announced item that will not come stops holding the batch back."""
+    recorder = Recorder()
+    batcher = Batcher(
+        recorder, max_batch=3, max_wait_s=0.01, max_hold_s=600.0, name="test"
+    ).start()
+    batcher.expect()
+    batcher.expect()
+    future = batcher.submit(1)
+    batcher.withdraw()
+    assert future.result(30) == 10
+    batcher.withdraw()
+    batcher.stop(5)
+    assert recorder.batches == [[1]]

@@ -11,6 +11,7 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -101,7 +102,7 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
-def queued_analyses(cluster: Cluster) -> list[tuple]:
+def queued_analyses(cluster: Cluster) -> list[tuple[Any, ...]]:
     captures = cluster.routine + cluster.suspicious
     wait_until(
         lambda: all_analysed(cluster.database_url, captures),
@@ -110,7 +111,9 @@ def queued_analyses(cluster: Cluster) -> list[tuple]:
     return analyses(cluster.database_url, captures)
 
 
-def test_queued_tasks_are_analysed_in_full_batches(queued_analyses: list[tuple]):
+def test_queued_tasks_are_analysed_in_full_batches(
+    queued_analyses: list[tuple[Any, ...]],
+):
     """Tasks waiting in the queue go through the model BATCH_SIZE at a time."""
     assert len(queued_analyses) == ROUTINE_QUEUED + SUSPICIOUS_QUEUED
     batch_sizes = [row[5] for row in queued_analyses]
@@ -120,7 +123,7 @@ def test_queued_tasks_are_analysed_in_full_batches(queued_analyses: list[tuple])
 
 
 def test_suspicious_captures_are_analysed_first(
-    cluster: Cluster, queued_analyses: list[tuple]
+    cluster: Cluster, queued_analyses: list[tuple[Any, ...]]
 ):
     """Captures queued last but suspicious are among the first analysed."""
     order = [row[0] for row in queued_analyses]
@@ -129,7 +132,7 @@ def test_suspicious_captures_are_analysed_first(
 
 
 def test_every_capture_is_settled_and_announced(
-    cluster: Cluster, queued_analyses: list[tuple]
+    cluster: Cluster, queued_analyses: list[tuple[Any, ...]]
 ):
     """Each analysis moves its capture to done and is announced with its ids."""
     captures = cluster.routine + cluster.suspicious
@@ -139,13 +142,11 @@ def test_every_capture_is_settled_and_announced(
         captures,
     )
     assert states == [("done",)]
-    events = wait_until(
-        lambda: (
-            len(cluster.events.for_captures(captures)) >= len(captures)
-            and cluster.events.for_captures(captures)
-        ),
+    wait_until(
+        lambda: len(cluster.events.for_captures(captures)) >= len(captures),
         what="analysis events",
     )
+    events = cluster.events.for_captures(captures)
     stored = {row[0]: row for row in queued_analyses}
     for event in events:
         row = stored[event["capture_id"]]
