@@ -167,15 +167,10 @@ class AnalysisEngine:
                 " it is not tried again"
             )
             return self._failed(job, "crash", message, retry=False)
-        self._inference.expect()
         try:
-            pixels = preprocess(decode_photo(job.image_b64), self.runner.input_size)
+            pixels = self._decode(job)
         except ImageError as exc:
-            self._inference.withdraw()
             return self._failed(job, "image", f"photo cannot be analysed: {exc}")
-        except BaseException:
-            self._inference.withdraw()
-            raise
 
         photo = _Photo(pixels, job.published_at_s)
         future = self._inference.submit(photo, job.priority, expected=True)
@@ -185,9 +180,23 @@ class AnalysisEngine:
             raise
         except Exception as exc:
             return self._failed(job, "inference", f"the model failed: {exc}")
+        return self._save(self._done(job, pixels, verdict), job, deadline_s)
 
+    def _decode(self, job: AnalysisJob) -> np.ndarray:
+        """The model input of the job's photo; the batcher knows it is coming."""
+        self._inference.expect()
+        try:
+            return preprocess(decode_photo(job.image_b64), self.runner.input_size)
+        except BaseException:
+            self._inference.withdraw()
+            raise
+
+    def _done(
+        self, job: AnalysisJob, pixels: np.ndarray, verdict: _Verdict
+    ) -> AnalysisRecord:
+        """The analysis to store, with the heatmap drawn on this thread."""
         cam = verdict.inference.cam
-        record = AnalysisRecord(
+        return AnalysisRecord(
             capture_id=job.capture_id,
             model_version=self.runner.version,
             status="done",
@@ -197,7 +206,6 @@ class AnalysisEngine:
             heatmap_png=render_overlay(pixels, cam) if cam is not None else None,
             batch_size=verdict.batch_size,
         )
-        return self._save(record, job, deadline_s)
 
     def _failed(
         self, job: AnalysisJob, reason: str, message: str, *, retry: bool = True
