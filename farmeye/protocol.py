@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -540,9 +540,9 @@ def _definition_name(ref: str) -> str:
 def _validator_class() -> Any:
     base = Draft202012Validator
     types = base.TYPE_CHECKER.redefine("integer", _is_integer)
-    return validators.extend(
-        base, validators={"pattern": _pattern_keyword}, type_checker=types
-    )
+    # The stubs leave extend() untyped; the class it returns is used as Any.
+    extend = cast(Callable[..., Any], validators.extend)
+    return extend(base, validators={"pattern": _pattern_keyword}, type_checker=types)
 
 
 def _is_integer(checker: Any, instance: object) -> bool:
