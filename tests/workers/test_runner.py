@@ -87,8 +87,7 @@ def test_overlay_leaves_the_photo_where_there_is_no_evidence(pixels: np.ndarray)
 
 
 def test_mixed_precision_copy_computes_in_float16():
-    """The mixed copy runs its layers in float16, keeps the softmax in float32,
-    and scores like the original."""
+    """The float16 copy keeps a float32 softmax and scores like the original."""
     original = FullModel.shipped().keras_model
     mixed = with_mixed_precision(original)
     assert mixed.layers[-1].dtype_policy.name == "float32"

@@ -222,8 +222,7 @@ def test_duplicate_task_leaves_one_analysis(cluster: Cluster):
 
 
 def test_poison_photos_are_retried_then_recorded_failed(cluster: Cluster):
-    """Truncated, non-image and non-base64 payloads fail with a reason after
-    their retry; a good photo sent with them is analysed."""
+    """Undecodable payloads are retried, then stored failed; good ones pass."""
     good = synthetic_photo(600)
     truncated = good[: len(good) // 3]
     not_an_image = b"%PDF-1.4 certainly not a photo" * 20
@@ -263,8 +262,7 @@ def test_poison_photos_are_retried_then_recorded_failed(cluster: Cluster):
 
 
 def test_metrics_show_batches_waits_and_failures(cluster: Cluster):
-    """The metrics port reports batch sizes, queue waits, inference time and
-    failures by reason."""
+    """Metrics show batch sizes, queue waits, inference time and failures."""
     text = cluster.metrics()
     count = re.search(r"^farmeye_worker_batch_size_count (\S+)$", text, re.M)
     assert count is not None and float(count.group(1)) > 0
