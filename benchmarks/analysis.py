@@ -11,15 +11,16 @@ Prints one JSON object. With the same photos, batch size and device:
   same cores); ``drain`` queues them first, with the workers paused. The
   ratios are celery / bare (target >= 0.85); bare runs before and after;
 - for ``P`` in ``--processes`` (default 1 and 2): the scaling;
-- latency: one worker process, tasks published at ``--rate`` images/s for
-  ``--seconds``; publish-to-event latency p50 / p99.
+- latency: one worker process, tasks published at each of ``--rates``
+  images/s for ``--seconds``; publish-to-event latency p50 / p99. A rate
+  above what the worker sustains shows a growing queue, not a latency.
 
 Servers are embedded PostgreSQL (fsync on) and Redis in a temporary folder,
 or FARMEYE_BENCH_DATABASE_URL and FARMEYE_BENCH_REDIS_URL when set.
 
     python benchmarks/analysis.py [--device cpu|gpu] [--images 400]
         [--batch-size B] [--batch-wait-ms T] [--processes 1,2]
-        [--rate 20] [--seconds 20]
+        [--rates 20,5] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -343,10 +344,10 @@ def celery_throughput(
 
 
 def latency(
-    bench: Bench, photos: Sequence[bytes], options: dict[str, Any]
+    bench: Bench, photos: Sequence[bytes], options: dict[str, Any], rate: float
 ) -> dict[str, float]:
     """Publish-to-event latency at a steady ``rate``, one worker process."""
-    rate, seconds = options["rate"], options["seconds"]
+    seconds = options["seconds"]
     count = int(rate * seconds)
     chosen = [photos[i % len(photos)] for i in range(count)]
     encoded = [base64.b64encode(p).decode("ascii") for p in chosen]
@@ -399,7 +400,7 @@ def parse_arguments(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--batch-wait-ms", type=float, default=None)
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--processes", default="1,2")
-    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--rates", default="20,5")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--frame-size", default="1280x960")
     arguments = vars(parser.parse_args(argv))
@@ -424,7 +425,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         bench = Bench(database_url, redis_url)
         for processes in options["process_counts"]:
             runs[str(processes)] = compare(bench, photos, options, processes)
-        latency_result = latency(bench, photos, options)
+        latency_result = [
+            latency(bench, photos, options, float(rate))
+            for rate in options["rates"].split(",")
+        ]
         heatmap_share = bench.events.heatmaps / max(1, len(bench.events.arrived_s))
         bench.events.close()
 
@@ -456,7 +460,7 @@ def compare(
 def report(
     options: dict[str, Any],
     runs: dict[str, dict[str, Any]],
-    latency_result: dict[str, float],
+    latency_result: list[dict[str, float]],
     heatmap_share: float,
 ) -> dict[str, Any]:
     from farmeye.models import resolve
