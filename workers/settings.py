@@ -59,16 +59,16 @@ class WorkerSettings(BaseModel):
     concurrency: int = Field(
         default=1,
         ge=1,
-        description="Worker processes; one per GPU, or one per machine on CPUs.",
+        description="Worker processes; several share a GPU (see docs/workers.md).",
     )
     batch_size: int = Field(
         default=0,
         ge=0,
-        description="Most images per forward pass (0: 8 on a CPU, 64 on a GPU).",
+        description="Most images per forward pass (default 8 on a CPU, 64 on a GPU).",
     )
     batch_wait_ms: float = Field(
         default=-1.0,
-        description="Longest wait for a batch to fill in ms (-1: 25 CPU, 10 GPU).",
+        description="Longest wait in ms for a batch to fill (default 25 CPU, 10 GPU).",
     )
     mixed_precision: bool = Field(
         default=False, description="Compute in float16 where it is safe (GPU)."
@@ -119,12 +119,12 @@ class WorkerSettings(BaseModel):
 
     @property
     def effective_batch_size(self) -> int:
-        """``batch_size``, or the default of the device."""
+        """``batch_size``, or the default of the device when it is 0."""
         return self.batch_size or DEFAULT_BATCH_SIZE[self.device]
 
     @property
     def effective_batch_wait_s(self) -> float:
-        """``batch_wait_ms`` in seconds, or the default of the device."""
+        """``batch_wait_ms`` in seconds, or the device's default when negative."""
         wait_ms = self.batch_wait_ms
         if wait_ms < 0:
             wait_ms = DEFAULT_BATCH_WAIT_MS[self.device]
