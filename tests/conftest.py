@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from tests.databases import fresh_database
 
 DATASET_NAME = "poultry-droppings"
 
@@ -80,29 +81,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def db_url(database_url: str) -> Iterator[str]:
     """A fresh, migrated database of its own for one test, dropped afterwards."""
-    from farmeye import db
-
-    name = f"test_{secrets.token_hex(6)}"
-    _admin_sql(database_url, f'CREATE DATABASE "{name}"')
-    url = db.replace_database(database_url, name)
-    try:
-        db.migrate(url)
+    with fresh_database(database_url, "test") as url:
         yield url
-    finally:
-        _admin_sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin_sql(url: str, statement: str) -> None:
-    """Run a statement that cannot run inside a transaction (CREATE DATABASE)."""
-    from farmeye import db
-
-    connection = db.connect(url)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 # Start at a random logical database so that two sessions sharing one

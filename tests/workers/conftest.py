@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from farmeye import db
+from tests.databases import fresh_database
 
 DATASET_SICK_FOLDERS = ("coccidiosis", "salmonella", "newcastle")
 
@@ -18,14 +17,8 @@ DATASET_SICK_FOLDERS = ("coccidiosis", "salmonella", "newcastle")
 @pytest.fixture(scope="module")
 def module_db_url(database_url: str) -> Iterator[str]:
     """A migrated database shared by the tests of one module (one worker)."""
-    name = f"workers_{secrets.token_hex(5)}"
-    _admin_sql(database_url, f'CREATE DATABASE "{name}"')
-    url = db.replace_database(database_url, name)
-    try:
-        db.migrate(url)
+    with fresh_database(database_url, "workers") as url:
         yield url
-    finally:
-        _admin_sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +50,3 @@ def sick_photos(shared_dir: Path) -> list[bytes]:
     for folder in DATASET_SICK_FOLDERS:
         photos += [p.read_bytes() for p in sorted((root / folder).glob("*.jpg"))[:2]]
     return photos
-
-
-def _admin_sql(url: str, statement: str) -> None:
-    connection = db.connect(url)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
