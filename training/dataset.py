@@ -123,11 +123,14 @@ def split_by_group(
     return train, val
 
 
-def class_weights(samples: Sequence[Sample]) -> dict[int, float]:
-    """Weights that make every label count as much as the others in the loss."""
+def class_weights(labels: Iterable[str | Sample]) -> dict[int, float]:
+    """Weights that make every label count as much as the others in the loss.
+
+    Takes samples or bare label names; keys are model output indices.
+    """
     counts = {label: 0 for label in LABELS}
-    for sample in samples:
-        counts[sample.label] += 1
+    for item in labels:
+        counts[item.label if isinstance(item, Sample) else item] += 1
     present = {label: n for label, n in counts.items() if n}
     total = sum(present.values())
     return {

@@ -30,6 +30,7 @@ from farmeye.labels import LABELS
 from training import card, litert, plots
 from training.dataset import (
     Sample,
+    class_weights,
     dataset_hash,
     load_samples,
     split_by_group,
@@ -193,17 +194,9 @@ def _scaled_stem(arch: Architecture) -> keras.Model:
 
 
 def _weights(cache: FeatureCache) -> np.ndarray:
-    per_label = class_weights_from_labels(cache.labels)
+    """Per-photo loss weights that make every label count alike."""
+    per_label = class_weights(LABELS[int(y)] for y in cache.labels)
     return np.array([per_label[int(y)] for y in cache.labels], dtype=np.float32)
-
-
-def class_weights_from_labels(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=len(LABELS))
-    present = counts[counts > 0]
-    return {
-        i: float(counts.sum() / (len(present) * n)) if n else 0.0
-        for i, n in enumerate(counts)
-    }
 
 
 def _stages(config: TrainConfig) -> list[Stage]:

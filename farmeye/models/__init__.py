@@ -81,18 +81,18 @@ def load_card(folder: Path | None = None) -> ModelCard:
 def resolve(model: str) -> ModelSpec:
     """Turn a CLI ``--model`` value into a spec.
 
-    ``full`` and ``triage`` name the shipped models; anything else is a path
-    to a model file whose folder holds a card (as ``farmeye train`` writes).
+    ``full`` and ``triage`` name the shipped models; anything else is a run
+    folder (its full model is meant) or a model file beside its card.json,
+    as ``farmeye train`` writes them.
     """
     if model in ("full", "triage"):
         return load_card().model(model)
     path = Path(model)
-    card = load_card(path if path.is_dir() else path.parent)
+    if path.is_dir():
+        return load_card(path).model("full")
+    card = load_card(path.parent)
     for kind in ("full", "triage"):
         spec = card.model(kind)
-        if path.is_dir() or spec.path.resolve() == path.resolve():
-            if path.is_dir() and kind == "full":
-                return spec
-            if not path.is_dir():
-                return spec
-    raise ModelError(f"{model} is neither full, triage nor a model file with a card")
+        if spec.path.resolve() == path.resolve():
+            return spec
+    raise ModelError(f"{model} is not a model file listed in {path.parent / CARD_FILE}")
