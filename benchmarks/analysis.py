@@ -26,7 +26,6 @@ or FARMEYE_BENCH_DATABASE_URL and FARMEYE_BENCH_REDIS_URL when set.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import io
@@ -55,6 +54,7 @@ from farmeye.tasks import (
     ANALYSIS_QUEUE,
     PRIORITY_ROUTINE,
     analyse_arguments,
+    stash_photo,
 )
 from farmeye.tasks import celery_settings as task_settings
 
@@ -208,6 +208,7 @@ class Bench:
         self.app = Celery("bench-hub", set_as_current=False)
         self.app.conf.update(task_settings(redis_url))
         self.events = Events(redis_url)
+        self.stash = redis.Redis.from_url(redis_url)
         self._sequence = 0
 
     def captures(self, photos: Sequence[bytes]) -> list[int]:
@@ -238,12 +239,14 @@ class Bench:
             connection.close()
         return ids
 
-    def publish(self, capture_id: int, encoded: str) -> float:
+    def publish(self, capture_id: int, data: bytes) -> float:
+        """Stash the photo and send its task, as the hub's dispatcher does."""
         published_s = time.time()
+        key = stash_photo(self.stash, capture_id, data)
         self.app.send_task(
             ANALYSE_TASK,
             kwargs=analyse_arguments(
-                capture_id, encoded, None, published_at=published_s
+                capture_id, None, image_key=key, published_at=published_s
             ),
             priority=PRIORITY_ROUTINE,
         )
@@ -299,9 +302,8 @@ def running_worker(
 def publish_all(bench: Bench, photos: Sequence[bytes]) -> tuple[list[int], float]:
     """Queue one task per photo; the ids and the seconds publishing took."""
     ids = bench.captures(photos)
-    encoded = [base64.b64encode(p).decode("ascii") for p in photos]
     started_s = time.time()
-    for capture_id, data in zip(ids, encoded, strict=True):
+    for capture_id, data in zip(ids, photos, strict=True):
         bench.publish(capture_id, data)
     return ids, time.time() - started_s
 
@@ -350,12 +352,11 @@ def latency(
     seconds = options["seconds"]
     count = int(rate * seconds)
     chosen = [photos[i % len(photos)] for i in range(count)]
-    encoded = [base64.b64encode(p).decode("ascii") for p in chosen]
     with running_worker(bench, options | {"processes": 1}):
         ids = bench.captures(chosen)
         published: dict[int, float] = {}
         start_s = time.monotonic()
-        for n, (capture_id, data) in enumerate(zip(ids, encoded, strict=True)):
+        for n, (capture_id, data) in enumerate(zip(ids, chosen, strict=True)):
             time.sleep(max(0.0, start_s + n / rate - time.monotonic()))
             published[capture_id] = bench.publish(capture_id, data)
         bench.events.wait_for(ids, timeout_s=600)

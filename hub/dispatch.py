@@ -1,8 +1,9 @@
 """Hand-off of the full analysis to the Celery workers.
 
 Tasks are sent by name (:data:`farmeye.tasks.ANALYSE_TASK`), so the hub never
-imports TensorFlow or the worker code; they carry the photo itself, so a
-worker on another machine needs no shared disk. A capture leaves the
+imports TensorFlow or the worker code. The photo goes into Redis beside its
+task (:func:`farmeye.tasks.stash_photo`), so a worker on another machine
+needs no shared disk. A capture leaves the
 ``pending`` state only once its task is in the queue. When Redis is down or
 the queue holds more than ``queue_bound`` tasks, the capture stays pending and
 :meth:`Dispatcher.redispatch_forever` sends it later from the image store:
@@ -12,17 +13,13 @@ nothing is dropped.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import redis
 from celery import Celery
 from kombu.exceptions import KombuError
-from kombu.serialization import registry
 from redis.exceptions import RedisError
 
 from farmeye.labels import HEALTHY
@@ -33,6 +30,7 @@ from farmeye.tasks import (
     PRIORITY_SUSPICIOUS,
     analyse_arguments,
     celery_settings,
+    stash_photo,
 )
 from hub import repository
 from hub.batching import BatchWriter
@@ -57,66 +55,16 @@ PENDING_BATCH = 100
 _SEND_ERRORS = (KombuError, RedisError, OSError)
 
 
-TASK_SERIALIZER = "farmeye-json"
-"""Kombu serializer of the hub's tasks: plain JSON, written faster (below)."""
-
-
-class Base64Text(str):
-    """Base64 made by this module: only letters, digits, ``+``, ``/``, ``=``."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, data: bytes) -> Base64Text:
-        return cls(base64.b64encode(data).decode("ascii"))
-
-
 class QueueFull(Exception):
     """The analysis queue is over its bound."""
-
-
-def encode_task_body(body: Any) -> str:
-    """The JSON of a Celery task body, the same text ``json.dumps`` makes.
-
-    A body is ``(args, kwargs, embed)`` and its one big value is the photo as
-    :class:`Base64Text`, which never needs escaping. Splicing it in rather
-    than letting the JSON encoder scan 400 KB saves about a millisecond per
-    photo, a sizeable share of the hub's own work on one. Any other body
-    goes to ``json.dumps`` unchanged.
-    """
-    if not (isinstance(body, tuple | list) and len(body) == 3):
-        return json.dumps(body)
-    args, kwargs, embed = body
-    if not isinstance(kwargs, dict) or not any(
-        isinstance(value, Base64Text) for value in kwargs.values()
-    ):
-        return json.dumps(body)
-    small = {k: v for k, v in kwargs.items() if not isinstance(v, Base64Text)}
-    spliced = [
-        f'{json.dumps(key)}: "{value}"'
-        for key, value in kwargs.items()
-        if isinstance(value, Base64Text)
-    ]
-    inner = json.dumps(small)[1:-1]
-    kwargs_json = "{" + ", ".join(([inner] if inner else []) + spliced) + "}"
-    return f"[{json.dumps(args)}, {kwargs_json}, {json.dumps(embed)}]"
-
-
-def _register_serializer() -> None:
-    # Content type application/json: workers decode it with their plain JSON
-    # and accept it under accept_content=["json"]. No decoder is registered,
-    # so this process's JSON decoding is untouched.
-    registry.register(  # type: ignore[no-untyped-call]
-        TASK_SERIALIZER, encode_task_body, None, "application/json"
-    )
 
 
 def build_celery_app(redis_url: str) -> Celery:
     """A Celery app that can send analysis tasks; no task code is imported."""
     settings = celery_settings(redis_url)
     transport = dict(settings["broker_transport_options"])
-    # body_encoding None: the JSON body goes into Redis as is, not base64'd a
-    # second time (the photo is already base64); consumers read either form.
+    # body_encoding None: the JSON body goes into Redis as is; consumers
+    # read either form.
     transport.update(
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
@@ -126,7 +74,6 @@ def build_celery_app(redis_url: str) -> Celery:
     settings["broker_connection_timeout"] = REDIS_TIMEOUT_S
     app = Celery("farmeye-hub", set_as_current=False)
     app.conf.update(settings)
-    _register_serializer()
     return app
 
 
@@ -197,14 +144,11 @@ class Dispatcher:
         if self._measured_queue_length() >= self.queue_bound:
             raise QueueFull
         suspicious = triage_label is not None and triage_label != HEALTHY
-        arguments: dict[str, Any] = analyse_arguments(
-            capture_id, Base64Text.of(data), triage_label
-        )
+        key = stash_photo(self._redis, capture_id, data)
         self.app.send_task(
             ANALYSE_TASK,
-            kwargs=arguments,
+            kwargs=analyse_arguments(capture_id, triage_label, image_key=key),
             priority=PRIORITY_SUSPICIOUS if suspicious else PRIORITY_ROUTINE,
-            serializer=TASK_SERIALIZER,
             retry=False,
         )
 

@@ -103,6 +103,7 @@ def start_engine(settings: WorkerSettings) -> AnalysisEngine:
     global _engine
     from workers.announce import Announcer
     from workers.crashes import CrashCounter
+    from workers.photos import PhotoSource
     from workers.runner import ModelRunner, cpu_threads_per_process
     from workers.store import AnalysisStore
 
@@ -122,6 +123,7 @@ def start_engine(settings: WorkerSettings) -> AnalysisEngine:
         Announcer(settings.redis_url),
         CrashCounter(settings.redis_url),
         settings,
+        PhotoSource(settings.redis_url),
     )
     _engine = engine.start()
     metrics.MODEL.labels(runner.version, runner.device).set(1)
@@ -185,15 +187,17 @@ worker_shutdown.connect(_stop_engine)
 def analyse(
     self: Task,
     capture_id: int,
-    image_b64: str,
+    image_b64: str | None = None,
     triage_label: str | None = None,
     published_at: float | None = None,
+    image_key: str | None = None,
 ) -> str:
     """Run the full model on one capture; returns once the result is stored."""
     engine = running_engine()
     task_id = str(self.request.id)
     job = AnalysisJob(
         capture_id=int(capture_id),
+        image_key=image_key,
         image_b64=image_b64,
         attempt=self.request.retries + 1,
         crashes=engine.crashes.start(task_id),

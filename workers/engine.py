@@ -37,6 +37,7 @@ from workers.announce import Announcer
 from workers.batching import Batcher
 from workers.crashes import CrashCounter
 from workers.heatmap import render_overlay
+from workers.photos import PhotoSource, PhotoUnavailable
 from workers.runner import Inference
 from workers.settings import WorkerSettings
 from workers.store import (
@@ -55,6 +56,9 @@ to this many times ``batch_wait_ms`` for them."""
 
 STORE_WAIT_S = 0.005
 """How long the storage batcher waits for the rest of a model batch."""
+
+PHOTO_MISSING = "photo_missing"
+"""Outcome of a task whose photo Redis no longer had: the hub sends it again."""
 
 ResultT = TypeVar("ResultT")
 
@@ -82,7 +86,10 @@ class AnalysisJob:
     """One ``farmeye.analyse`` task as the engine sees it."""
 
     capture_id: int
-    image_b64: str
+    image_key: str | None = None
+    """Redis key of the photo (what the hub sends)."""
+    image_b64: str | None = None
+    """The photo itself, base64 (older hubs, tools)."""
     attempt: int = 1
     crashes: int = 0
     """Earlier deliveries whose worker process died during the analysis."""
@@ -121,11 +128,13 @@ class AnalysisEngine:
         announcer: Announcer,
         crashes: CrashCounter,
         settings: WorkerSettings,
+        photos: PhotoSource,
     ) -> None:
         self.runner = runner
         self.store = store
         self.announcer = announcer
         self.crashes = crashes
+        self.photos = photos
         self.settings = settings
         self._inference: Batcher[_Photo, _Verdict] = Batcher(
             self._infer_batch,
@@ -157,9 +166,20 @@ class AnalysisEngine:
         self.store.close()
         self.announcer.close()
         self.crashes.close()
+        self.photos.close()
 
     def analyse(self, job: AnalysisJob) -> Outcome:
-        """Analyse, store and announce one capture; raises :class:`RetryLater`."""
+        """Analyse, store and announce one capture; raises :class:`RetryLater`.
+
+        Once the outcome is settled, the photo the hub stashed for the task
+        is deleted; while the task will run again, it stays.
+        """
+        outcome = self._analyse(job)
+        if job.image_key is not None and outcome.status != PHOTO_MISSING:
+            self.photos.discard(job.image_key)
+        return outcome
+
+    def _analyse(self, job: AnalysisJob) -> Outcome:
         deadline_s = time.monotonic() + self.settings.task_deadline_s
         if job.crashes >= self.settings.max_worker_crashes:
             message = (
@@ -167,8 +187,11 @@ class AnalysisEngine:
                 " it is not tried again"
             )
             return self._failed(job, "crash", message, retry=False)
+        data = self._photo(job)
+        if data is None:
+            return self._photo_missing(job)
         try:
-            pixels = self._decode(job)
+            pixels = self._decode(data)
         except ImageError as exc:
             return self._failed(job, "image", f"photo cannot be analysed: {exc}")
 
@@ -182,11 +205,45 @@ class AnalysisEngine:
             return self._failed(job, "inference", f"the model failed: {exc}")
         return self._save(self._done(job, pixels, verdict), job, deadline_s)
 
-    def _decode(self, job: AnalysisJob) -> np.ndarray:
-        """The model input of the job's photo; the batcher knows it is coming."""
+    def _photo(self, job: AnalysisJob) -> bytes | str | None:
+        """The job's photo (bytes, or base64 text), None if Redis lost it."""
+        if job.image_b64 is not None:
+            return job.image_b64
+        if job.image_key is None:
+            return None
+        try:
+            return self.photos.fetch(job.image_key)
+        except PhotoUnavailable as exc:
+            metrics.FAILURES.labels("redis").inc()
+            raise RetryLater("redis", str(exc), self.settings.retry_delay_s) from exc
+
+    def _photo_missing(self, job: AnalysisJob) -> Outcome:
+        """No photo: done already (a redelivery), or back to the hub for it."""
+        try:
+            found = self.store.return_to_hub(job.capture_id)
+        except StoreUnavailable as exc:
+            metrics.FAILURES.labels("database").inc()
+            raise RetryLater("database", str(exc), self.settings.retry_delay_s) from exc
+        if found == "analysed":
+            return Outcome("duplicate")
+        if found == "unknown":
+            metrics.FAILURES.labels("unknown_capture").inc()
+            return Outcome("unknown_capture")
+        metrics.FAILURES.labels("photo_missing").inc()
+        logger.warning(
+            "photo of capture %s is not in Redis (%s); the hub queues it again",
+            job.capture_id,
+            job.image_key,
+        )
+        return Outcome(PHOTO_MISSING)
+
+    def _decode(self, data: bytes | str) -> np.ndarray:
+        """The model input of a photo; the batcher knows it is coming."""
         self._inference.expect()
         try:
-            return preprocess(decode_photo(job.image_b64), self.runner.input_size)
+            if isinstance(data, str):
+                data = decode_photo(data)
+            return preprocess(data, self.runner.input_size)
         except BaseException:
             self._inference.withdraw()
             raise

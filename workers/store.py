@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -29,6 +29,8 @@ import psycopg2.extras
 from farmeye import db
 
 logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
 
 APPLICATION_NAME = "farmeye-worker"
 """How worker sessions appear in ``pg_stat_activity``."""
@@ -69,6 +71,23 @@ UPDATE captures c SET dispatch_state = a.status
 RETURNING c.id, a.model_version, a.status, a.label, a.scores, a.error,
           a.heatmap_png IS NOT NULL, c.farm_id, c.coop_id, c.device_id
 """
+
+
+_RETURN_SQL = """
+WITH capture AS (
+    SELECT c.id, EXISTS (SELECT 1 FROM analyses a WHERE a.capture_id = c.id)
+           AS analysed
+      FROM captures c WHERE c.id = %(capture_id)s FOR UPDATE
+), returned AS (
+    UPDATE captures c SET dispatch_state = 'pending'
+      FROM capture
+     WHERE c.id = capture.id AND NOT capture.analysed
+       AND c.dispatch_state = 'queued'
+)
+SELECT analysed FROM capture
+"""
+
+CaptureState = Literal["analysed", "pending", "unknown"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -127,11 +146,27 @@ class AnalysisStore:
         self, records: Sequence[AnalysisRecord]
     ) -> list[StoredAnalysis | UnknownCapture]:
         """Store ``records`` in one transaction; one result per record."""
+        return self._retrying(
+            lambda: self._save_once(records), f"store {len(records)} analyses"
+        )
+
+    def return_to_hub(self, capture_id: int) -> CaptureState:
+        """Hand a capture whose photo is gone back to the hub's dispatcher.
+
+        Returns ``"analysed"`` if it already has an analysis (the task was a
+        redelivery), ``"unknown"`` if the capture does not exist, and
+        ``"pending"`` once it is marked for the hub to queue again.
+        """
+        return self._retrying(
+            lambda: self._return_once(capture_id), f"return capture {capture_id}"
+        )
+
+    def _retrying(self, attempt: Callable[[], ResultT], what: str) -> ResultT:
         deadline_s = time.monotonic() + self.retry_window_s
         delay_s = RETRY_FIRST_DELAY_S
         while True:
             try:
-                return self._save_once(records)
+                return attempt()
             except TRANSIENT_ERRORS as exc:
                 self._drop_connection()
                 if time.monotonic() + delay_s > deadline_s:
@@ -140,13 +175,22 @@ class AnalysisStore:
                         f"{_first_line(exc)}"
                     ) from exc
                 logger.warning(
-                    "cannot store %d analyses (%s); retrying in %.1f s",
-                    len(records),
+                    "cannot %s (%s); retrying in %.1f s",
+                    what,
                     _first_line(exc),
                     delay_s,
                 )
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, RETRY_MAX_DELAY_S)
+
+    def _return_once(self, capture_id: int) -> CaptureState:
+        connection = self._connect()
+        with connection, connection.cursor() as cursor:
+            cursor.execute(_RETURN_SQL, {"capture_id": capture_id})
+            row = cursor.fetchone()
+        if row is None:
+            return "unknown"
+        return "analysed" if row[0] else "pending"
 
     def close(self) -> None:
         self._drop_connection()

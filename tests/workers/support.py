@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -33,6 +32,8 @@ from farmeye.tasks import (
     PRIORITY_SUSPICIOUS,
     analyse_arguments,
     celery_settings,
+    photo_key,
+    stash_photo,
 )
 
 WORKER_START_TIMEOUT_S = 240.0
@@ -162,6 +163,7 @@ class TaskSender:
     def __init__(self, redis_url: str) -> None:
         self.app = Celery("test-hub", set_as_current=False)
         self.app.conf.update(celery_settings(redis_url))
+        self.redis = redis.Redis.from_url(redis_url)
 
     def send(
         self,
@@ -171,12 +173,19 @@ class TaskSender:
         suspicious: bool = False,
         image_b64: str | None = None,
         task_id: str | None = None,
+        stash: bool = True,
     ) -> str:
-        arguments = analyse_arguments(
-            capture_id,
-            image_b64 or base64.b64encode(photo).decode("ascii"),
-            "coccidiosis" if suspicious else "healthy",
-        )
+        """Send one task; ``stash=False`` names a photo key that holds nothing."""
+        label = "coccidiosis" if suspicious else "healthy"
+        if image_b64 is not None:
+            arguments = analyse_arguments(capture_id, label, image_b64=image_b64)
+        else:
+            key = photo_key(capture_id)
+            if stash:
+                stash_photo(self.redis, capture_id, photo)
+            else:
+                self.redis.delete(key)
+            arguments = analyse_arguments(capture_id, label, image_key=key)
         result = self.app.send_task(
             ANALYSE_TASK,
             kwargs=arguments,
@@ -187,6 +196,7 @@ class TaskSender:
 
     def close(self) -> None:
         self.app.close()
+        self.redis.close()
 
 
 def unacked_task_ids(redis_url: str) -> set[str]:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from farmeye.embedded import free_port
 from farmeye.labels import HEALTHY
+from farmeye.tasks import photo_key
 from tests.workers.support import (
     EventListener,
     Farm,
@@ -219,6 +220,47 @@ def test_duplicate_task_leaves_one_analysis(cluster: Cluster):
     wait_until(lambda: settled(cluster.redis_url, task_ids), what="all three to finish")
     assert len(analyses(cluster.database_url, [capture_id])) == 1
     assert cluster.events.for_captures([capture_id])
+
+
+def test_photo_leaves_redis_once_its_analysis_is_stored(cluster: Cluster):
+    """The photo the hub stashed beside the task is deleted after the commit."""
+    photo = synthetic_photo(520)
+    (capture_id,) = cluster.farm.add_captures([photo])
+    task_id = cluster.sender.send(capture_id, photo)
+    stash = redis.Redis.from_url(cluster.redis_url)
+    try:
+        assert stash.exists(photo_key(capture_id))
+        wait_until(lambda: settled(cluster.redis_url, [task_id]), what="the task")
+        assert len(analyses(cluster.database_url, [capture_id])) == 1
+        assert not stash.exists(photo_key(capture_id))
+    finally:
+        stash.close()
+
+
+def test_task_whose_photo_is_gone_hands_the_capture_back(cluster: Cluster):
+    """No photo in Redis: the capture goes back to pending for the hub to resend,
+    unless it is analysed already (a redelivery), which stays as it is."""
+    photo = synthetic_photo(540)
+    lost, analysed = cluster.farm.add_captures([photo, photo])
+    first = cluster.sender.send(analysed, photo)
+    wait_until(lambda: settled(cluster.redis_url, [first]), what="the first task")
+
+    task_ids = [
+        cluster.sender.send(lost, photo, stash=False),
+        cluster.sender.send(analysed, photo, stash=False),
+    ]
+    wait_until(lambda: settled(cluster.redis_url, task_ids), what="both tasks")
+
+    states = dict(
+        query(
+            cluster.database_url,
+            "SELECT id, dispatch_state FROM captures WHERE id = ANY(%s)",
+            [lost, analysed],
+        )
+    )
+    assert states == {lost: "pending", analysed: "done"}
+    assert analyses(cluster.database_url, [lost]) == []
+    assert len(analyses(cluster.database_url, [analysed])) == 1
 
 
 def test_poison_photos_are_retried_then_recorded_failed(cluster: Cluster):
