@@ -1,11 +1,14 @@
 """What happens to an upload: check, store, record (group commit), then
-triage, events and dispatch after the ack.
+events and dispatch after the ack; triage runs alongside.
 
 :meth:`UploadPipeline.accept` returns only when the photo is fsynced in the
 store and its row is committed, which is what makes the ack a promise. The
 inserts of concurrent uploads, from one device or many, share one transaction
-(:class:`GroupCommit`), so durability costs one commit per batch rather than
-one per photo. Triage and dispatch run afterwards and never delay the ack.
+(a :class:`hub.batching.BatchWriter`), so durability costs one commit per
+batch rather than one per photo. Triage starts as soon as the photo has
+passed its checks, while it is written and committed, so the verdict is
+often ready by the ack; it is announced and recorded only after the ack, and
+never delays it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -78,8 +82,8 @@ def _bad_image(reason: str) -> ProtocolError:
     )
 
 
-def store_photo(store: ImageStore, data: bytes, sha256: str) -> tuple[str, str]:
-    """Check and durably store one photo; ``(storage key, content type)``."""
+def check_photo(data: bytes, sha256: str) -> str:
+    """The content type of a photo that matches its checksum and is sane."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ProtocolError(
@@ -87,8 +91,13 @@ def store_photo(store: ImageStore, data: bytes, sha256: str) -> tuple[str, str]:
             f"payload has sha256 {actual}, header says {sha256}; resend the photo",
         )
     content_type, _, _ = probe_image(data)
+    return content_type
+
+
+def store_photo(store: ImageStore, data: bytes) -> str:
+    """Durably store one checked photo; returns its storage key."""
     try:
-        return store.put(data), content_type
+        return store.put(data)
     except StoreError as exc:
         logger.error("cannot store a photo: %s", exc)
         raise ProtocolError(
@@ -129,9 +138,35 @@ class UploadPipeline:
     ) -> UploadResult:
         header, data = frame.header, frame.payload
         loop = asyncio.get_running_loop()
-        key, content_type = await loop.run_in_executor(
-            self._executor, store_photo, self.store, data, header["sha256"]
+        content_type = await loop.run_in_executor(
+            self._executor, check_photo, data, header["sha256"]
         )
+        verdict = asyncio.ensure_future(self.triage.classify(data))
+        verdict.add_done_callback(partial(self._triaged, received_s))
+        try:
+            result = await self._record(device, header, data, content_type, verdict)
+        except BaseException:
+            verdict.cancel()
+            raise
+        if result.duplicate:
+            verdict.cancel()  # triaged when it first came
+        return result
+
+    def _triaged(self, received_s: float, verdict: asyncio.Future[Any]) -> None:
+        if not verdict.cancelled():
+            self.metrics.triage_seconds.observe(time.perf_counter() - received_s)
+
+    async def _record(
+        self,
+        device: DeviceRecord,
+        header: dict[str, Any],
+        data: bytes,
+        content_type: str,
+        verdict: asyncio.Future[TriageOutcome],
+    ) -> UploadResult:
+        """Store and commit the photo; hand the verdict to the follow-up."""
+        loop = asyncio.get_running_loop()
+        key = await loop.run_in_executor(self._executor, store_photo, self.store, data)
         draft = CaptureDraft(
             device.device_id,
             int(device.coop_id),
@@ -155,23 +190,31 @@ class UploadPipeline:
             # Wait for room before acking: when triage falls behind, acks slow
             # down and photos wait in the cameras' spools, not in our memory.
             await self._follow_up_slots.acquire()
-            self._follow_up(device, row, data, received_s)
+            self._follow_up(device, row, data, verdict)
         return UploadResult(row.capture_id, row.duplicate)
 
     def _follow_up(
-        self, device: DeviceRecord, row: CaptureRow, data: bytes, received_s: float
+        self,
+        device: DeviceRecord,
+        row: CaptureRow,
+        data: bytes,
+        verdict: asyncio.Future[TriageOutcome],
     ) -> None:
         task = asyncio.create_task(
-            self.after_ack(device, row, data, received_s), name="after-ack"
+            self.after_ack(device, row, data, verdict), name="after-ack"
         )
         self._follow_ups.add(task)
         task.add_done_callback(self._follow_ups.discard)
         task.add_done_callback(lambda _: self._follow_up_slots.release())
 
     async def after_ack(
-        self, device: DeviceRecord, row: CaptureRow, data: bytes, received_s: float
+        self,
+        device: DeviceRecord,
+        row: CaptureRow,
+        data: bytes,
+        verdict: asyncio.Future[TriageOutcome],
     ) -> None:
-        """Announce the capture, triage it, announce the verdict, dispatch it."""
+        """Announce the capture and, once triage is done, the verdict; dispatch."""
         ids: dict[str, Any] = {
             "farm_id": device.farm_id,
             "coop_id": device.coop_id,
@@ -179,12 +222,10 @@ class UploadPipeline:
             "capture_id": row.capture_id,
         }
         try:
-            verdict = asyncio.ensure_future(self.triage.classify(data))
             await self.bus.emit(
                 "capture", **ids, captured_at=row.captured_at.isoformat()
             )
             outcome = await verdict
-            self.metrics.triage_seconds.observe(time.perf_counter() - received_s)
             await self._record_triage(ids, outcome)
             await self.dispatcher.dispatch(row.capture_id, data, outcome.label)
         except Exception:
