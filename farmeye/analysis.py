@@ -18,6 +18,19 @@ from farmeye.labels import LABELS
 from farmeye.models import ModelError, ModelSpec, load_card
 
 
+def view_of(batch: np.ndarray, view: str) -> np.ndarray:
+    """One of :data:`farmeye.models.VIEWS` of a (n, h, w, c) batch."""
+    if view == "identity":
+        return batch
+    if view == "flip_h":
+        return batch[:, :, ::-1]
+    if view == "flip_v":
+        return batch[:, ::-1]
+    if view == "rot180":
+        return batch[:, ::-1, ::-1]
+    raise ModelError(f"unknown view {view!r}")
+
+
 class FullModel:
     """The Keras full model: batches of preprocessed photos in, scores out."""
 
@@ -44,10 +57,16 @@ class FullModel:
         return cls(load_card().model("full"))
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Scores over :data:`LABELS` for a (n, size, size, 3) uint8 batch."""
+        """Scores over :data:`LABELS` for a (n, size, size, 3) uint8 batch,
+        averaged over the model's views, in one forward pass."""
         if len(batch) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
-        return np.asarray(self.keras_model(batch.astype(np.float32), training=False))
+        views = self.spec.views
+        stacked = np.concatenate([view_of(batch, name) for name in views])
+        raw = np.asarray(
+            self.keras_model(stacked.astype(np.float32), training=False), np.float32
+        )
+        return np.asarray(raw.reshape(len(views), len(batch), -1).mean(axis=0))
 
     def classify_many(
         self, photos: Sequence[bytes]

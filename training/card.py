@@ -97,7 +97,11 @@ def export(
         labels_of(splits.calibration), calib_scores, config.target_sick_recall
     )
     return {
-        "full": {"file": "full.keras", "input_size": full.size},
+        "full": {
+            "file": "full.keras",
+            "input_size": full.size,
+            "views": list(config.full_views),
+        },
         "triage": {
             "file": "triage.tflite",
             "input_size": triage.size,
@@ -168,10 +172,7 @@ def write_card(
         entry["metrics"] = metrics.get("validation", {}).get(kind, {})
     files["full"]["format"] = "keras"
     files["triage"]["format"] = "tflite, full integer int8, uint8 input and output"
-    version = "{}-{}".format(
-        datetime.date.today().isoformat(),
-        hashlib.sha256((digests["full"] + digests["triage"]).encode()).hexdigest()[:8],
-    )
+    version = model_version(files, digests)
     card = {
         "name": "farmeye-droppings",
         "version": version,
@@ -196,6 +197,15 @@ def write_card(
     return card
 
 
+def model_version(files: dict[str, Any], digests: dict[str, str]) -> str:
+    """Date and a digest of what decides the verdicts: files and views."""
+    views = ",".join(files["full"].get("views", ["identity"]))
+    digest = hashlib.sha256(
+        (digests["full"] + digests["triage"] + views).encode()
+    ).hexdigest()[:8]
+    return f"{datetime.date.today().isoformat()}-{digest}"
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     lines = [
         f"# FarmEye model card: {card['name']} {card['version']}",
@@ -214,6 +224,12 @@ def render_markdown(card: dict[str, Any]) -> str:
             f"({entry['bytes'] / 1e6:.2f} MB, {entry['format']})",
             f"- input: {entry['input_size']} x {entry['input_size']} RGB",
         ]
+        if entry.get("views", ["identity"]) != ["identity"]:
+            lines.append(
+                "- verdict: scores averaged over the views "
+                + ", ".join(entry["views"])
+                + " (test-time augmentation)"
+            )
         if "healthy_threshold" in entry:
             threshold = entry["healthy_threshold"]
             lines.append(f"- verdict rule: healthy only when its score >= {threshold}")

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     views: int = 6
     full_size: int = 224
+    full_views: tuple[str, ...] = ("identity", "flip_h", "flip_v")
+    """Views the full model averages at inference (farmeye.models.VIEWS)."""
     triage_size: int = 128
     val_share: float = 0.15
     calibration_share: float = 0.10

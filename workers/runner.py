@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from farmeye.analysis import FullModel
+from farmeye.analysis import FullModel, view_of
 from farmeye.labels import HEALTHY, LABELS
 from farmeye.models import ModelError, ModelSpec
 from workers.heatmap import grad_cam
@@ -114,6 +114,14 @@ def _set_policy(node: Any, policy: str) -> None:
             _set_policy(value, policy)
 
 
+def _tf_view(pixels: Any, view: str) -> Any:
+    """:func:`farmeye.analysis.view_of` in TensorFlow, for a (n, h, w, c) batch."""
+    import tensorflow as tf
+
+    axes = {"identity": [], "flip_h": [2], "flip_v": [1], "rot180": [1, 2]}[view]
+    return tf.reverse(pixels, axes) if axes else pixels
+
+
 def split_at_features(model: Any, block: str) -> tuple[list[Any], list[Any]]:
     """The model's layers as two chains: up to ``block`` inclusive, and after.
 
@@ -191,6 +199,7 @@ class ModelRunner:
             keras_model = with_mixed_precision(keras_model)
         self.version = spec.version
         self.input_size = spec.input_size
+        self.views = spec.views
         self.mixed_precision = mixed_precision
         self._compile(keras_model, spec.kind + FEATURE_BLOCK_SUFFIX)
         self._check_against(keras_model)
@@ -209,10 +218,18 @@ class ModelRunner:
         side = self.input_size
         feature_shape = features_part[-1].output.shape[1:]
 
+        views = self.views
+
         def forward(images: Any) -> tuple[Any, Any]:
-            features = tf.cast(features_of(tf.cast(images, tf.float32)), tf.float32)
+            # Every view of the batch in one pass; the scores are averaged
+            # over the views, the heatmaps come from the first (identity).
+            pixels = tf.cast(images, tf.float32)
+            count = tf.shape(pixels)[0]
+            stacked = tf.concat([_tf_view(pixels, view) for view in views], axis=0)
+            features = tf.cast(features_of(stacked), tf.float32)
             scores = tf.nn.softmax(tf.cast(head(features), tf.float32), axis=-1)
-            return features, scores
+            scores = tf.reduce_mean(tf.reshape(scores, [len(views), count, -1]), axis=0)
+            return features[:count], scores
 
         self._forward = tf.function(
             forward,
@@ -231,7 +248,9 @@ class ModelRunner:
         side = self.input_size
         probe = np.random.default_rng(0).integers(0, 256, (2, side, side, 3))
         probe = probe.astype(np.uint8)
-        expected = np.asarray(keras_model(probe.astype(np.float32), training=False))
+        stacked = np.concatenate([view_of(probe, view) for view in self.views])
+        expected = np.asarray(keras_model(stacked.astype(np.float32), training=False))
+        expected = expected.reshape(len(self.views), len(probe), -1).mean(axis=0)
         got = self.run(probe, heatmaps_for_all=True)
         worst = max(
             abs(row.scores[label] - float(value))

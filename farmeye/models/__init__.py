@@ -15,6 +15,12 @@ from typing import Any
 SHIPPED_DIR = Path(__file__).resolve().parent
 CARD_FILE = "card.json"
 
+VIEWS = ("identity", "flip_h", "flip_v", "rot180")
+"""Views a model may average its scores over (test-time augmentation): the
+photo as it is, mirrored left-right, mirrored top-bottom, turned half round.
+A dropping photographed from above has no up or left, so each view is as
+true a picture of it as the original."""
+
 
 class ModelError(RuntimeError):
     """A model folder that is missing, incomplete or corrupt."""
@@ -30,6 +36,8 @@ class ModelSpec:
     version: str
     healthy_threshold: float | None
     metrics: dict[str, Any]
+    views: tuple[str, ...] = ("identity",)
+    """The views whose scores are averaged into the verdict (see VIEWS)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class ModelCard:
                 f"{self.folder / CARD_FILE} describes no {kind!r} model"
             ) from None
         path = self.folder / entry["file"]
+        views = tuple(entry.get("views", ["identity"]))
+        unknown = [view for view in views if view not in VIEWS]
+        if not views or views[0] != "identity" or unknown:
+            raise ModelError(
+                f"{self.folder / CARD_FILE}: views of {kind!r} must start with "
+                f"identity and be some of {', '.join(VIEWS)}, got {list(views)}"
+            )
         if not path.is_file():
             raise ModelError(
                 f"model file {path} is missing; reinstall FarmEye or retrain"
@@ -60,6 +75,7 @@ class ModelCard:
             version=f"{self.version}/{kind}",
             healthy_threshold=entry.get("healthy_threshold"),
             metrics=entry.get("metrics", {}),
+            views=views,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from PIL import Image
 from farmeye.analysis import FullModel
 from farmeye.imaging import preprocess
 from farmeye.labels import HEALTHY, LABELS
-from farmeye.models import ModelError, load_card
+from farmeye.models import VIEWS, ModelError, load_card
 from tests.workers.support import synthetic_photo
 from workers.heatmap import render_overlay
 from workers.runner import (
@@ -44,6 +45,14 @@ def test_scores_match_the_keras_model(runner: ModelRunner, pixels: np.ndarray):
         assert inference.label == LABELS[int(row.argmax())]
         for label, value in zip(LABELS, row, strict=True):
             assert inference.scores[label] == pytest.approx(float(value), abs=2e-3)
+
+
+def test_every_view_in_the_graph_matches_the_numpy_views(pixels: np.ndarray):
+    """The runner's TensorFlow views average to what FullModel's numpy views give."""
+    spec = dataclasses.replace(load_card().model("full"), views=VIEWS)
+    expected = FullModel(spec).scores(pixels)
+    got = ModelRunner(spec, device="cpu").scores(pixels)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
 
 
 def test_heatmap_exactly_for_verdicts_that_are_not_healthy(
