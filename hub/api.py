@@ -10,6 +10,7 @@ describes the routes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from farmeye import protocol
 from farmeye.db import DatabaseUnavailable
+from farmeye.heatmaps import MapError
 from farmeye.imaging import ImageError
 from farmeye.labels import LABELS
 from hub import repository
@@ -31,6 +33,8 @@ from hub.repository import CaptureQuery
 from hub.store import ImageStore
 from hub.stream import EventStream, Viewer, bearer_token
 from hub.users import Users
+
+logger = logging.getLogger(__name__)
 
 MAX_PAGE = 500
 """Largest ``limit`` of a listing."""
@@ -173,11 +177,20 @@ class Api:
         return Response(body=data, content_type="image/jpeg", headers=dict(IMMUTABLE))
 
     async def capture_heatmap(self, request: Request) -> Response:
-        await self._visible_file(request)
+        key, _ = await self._visible_file(request)
         capture_id = int(request.params["capture_id"])
-        png = await self._run(repository.heatmap, capture_id)
-        if png is None:
+        found = await self._run(repository.heatmap, capture_id)
+        if found is None:
             raise HttpError(404, f"capture {capture_id} has no heatmap yet")
+        png, evidence = found
+        if png is None and evidence is not None:
+            try:
+                png = await _in_thread(self.context.store.heatmap, key, evidence)
+            except MapError as exc:
+                logger.error("stored heatmap of capture %s: %s", capture_id, exc)
+                raise HttpError(
+                    500, f"the heatmap of capture {capture_id} is unreadable"
+                ) from None
         return Response(body=png, content_type="image/png")
 
     async def _visible_file(self, request: Request) -> tuple[str, str]:
@@ -366,9 +379,10 @@ def _no_capture(capture_id: int) -> HttpError:
     return HttpError(404, f"no capture {capture_id}")
 
 
-async def _in_thread(function: Callable[[str], bytes], key: str) -> bytes:
+async def _in_thread(function: Callable[..., bytes], key: str, *args: Any) -> bytes:
     try:
-        return await asyncio.get_running_loop().run_in_executor(None, function, key)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, function, key, *args)
     except FileNotFoundError:
         raise HttpError(404, "the photo is missing from the store") from None
     except ImageError as exc:

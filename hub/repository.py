@@ -365,7 +365,7 @@ SELECT c.id, c.device_id, c.farm_id, c.coop_id, c.sha256, c.size_bytes,
        c.content_type, c.captured_at, c.received_at, c.dispatch_state,
        t.label, t.scores, t.model_version, t.latency_ms,
        a.status, a.label, a.scores, a.model_version, a.error,
-       a.heatmap_png IS NOT NULL, a.created_at
+       a.heatmap_png IS NOT NULL OR a.heatmap_map IS NOT NULL, a.created_at
   FROM captures c
   LEFT JOIN triage_results t ON t.capture_id = c.id
   LEFT JOIN LATERAL (
@@ -500,16 +500,30 @@ def capture_file(
     return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
-def heatmap(connection: Connection, capture_id: int) -> bytes | None:
+def heatmap(
+    connection: Connection, capture_id: int
+) -> tuple[bytes | None, bytes | None] | None:
+    """``(painted PNG, evidence map)`` of the newest analysis that has either.
+
+    Analyses stored before workers kept only the map have the PNG; newer ones
+    have the map, which the hub paints over the photo itself.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT heatmap_png FROM analyses"
-            " WHERE capture_id = %s AND heatmap_png IS NOT NULL"
+            "SELECT heatmap_png, heatmap_map FROM analyses"
+            " WHERE capture_id = %s"
+            "   AND (heatmap_png IS NOT NULL OR heatmap_map IS NOT NULL)"
             " ORDER BY created_at DESC, id DESC LIMIT 1",
             (capture_id,),
         )
         row = cursor.fetchone()
-    return None if row is None else bytes(row[0])
+    if row is None:
+        return None
+    png, evidence = row
+    return (
+        bytes(png) if png is not None else None,
+        bytes(evidence) if evidence is not None else None,
+    )
 
 
 def add_feedback(

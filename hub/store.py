@@ -15,10 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from farmeye.imaging import thumbnail
+from farmeye.heatmaps import decode_map, render_overlay
+from farmeye.imaging import preprocess, thumbnail
 
 THUMBNAIL_SIDE_PX = 256
 """Longest side of the thumbnails served to dashboards."""
+
+HEATMAP_SIDE_PX = 448
+"""Side of the painted heatmaps: the square the model saw, at twice its size."""
 
 _KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -41,6 +45,10 @@ class ImageStore(Protocol):
 
     def thumbnail(self, key: str) -> bytes:
         """A small JPEG of the photo under ``key``, made once and kept."""
+
+    def heatmap(self, key: str, evidence: bytes) -> bytes:
+        """A PNG of the photo under ``key`` with an evidence map painted over
+        it (:mod:`farmeye.heatmaps`), made once per map and kept."""
 
 
 def content_key(data: bytes) -> str:
@@ -67,6 +75,7 @@ class DiskImageStore:
         self.root = Path(root)
         self.images_dir = self.root / "images"
         self.thumbnails_dir = self.root / "thumbnails"
+        self.heatmaps_dir = self.root / "heatmaps"
         self.images_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
@@ -86,6 +95,20 @@ class DiskImageStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def heatmap(self, key: str, evidence: bytes) -> bytes:
+        check_key(key)
+        tag = hashlib.sha256(evidence).hexdigest()[:16]
+        target = self.heatmaps_dir / key[:2] / f"{key}-{tag}.png"
+        try:
+            return target.read_bytes()
+        except FileNotFoundError:
+            pass
+        # The square the model saw (same preprocessing), at a readable size.
+        pixels = preprocess(self.get(key), HEATMAP_SIDE_PX)
+        painted = render_overlay(pixels, decode_map(evidence))
+        _write_durably(target, painted, sync=False)  # remade if lost
+        return painted
 
     def thumbnail(self, key: str) -> bytes:
         check_key(key)

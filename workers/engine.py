@@ -6,11 +6,12 @@ return and Celery acknowledge it. In between, the photo passes two batchers:
 
 1. ``inference``: up to ``batch_size`` photos per forward pass; Grad-CAM maps
    for the photos the model does not call healthy come out of the same pass.
-2. ``storage``: the analyses finished together, heatmap PNGs included (drawn
-   by the task threads themselves, off the model's thread), are committed in
-   one transaction and announced in one Redis pipeline.
+2. ``storage``: the analyses finished together, each with its evidence map
+   (a small PNG of the Grad-CAM grid; the hub paints it over the photo when
+   asked), are committed in one transaction and announced in one Redis
+   pipeline.
 
-So the model is busy with the next batch while the previous one is drawn and
+So the model is busy with the next batch while the previous one is
 committed. Failures become :class:`RetryLater` (the task goes back to the
 queue) or a stored ``failed`` analysis once a photo has used its attempts, or
 at once when earlier deliveries of the task died with their worker process
@@ -31,12 +32,12 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from farmeye.heatmaps import encode_map
 from farmeye.imaging import ImageError, preprocess
 from workers import metrics
 from workers.announce import Announcer
 from workers.batching import Batcher
 from workers.crashes import CrashCounter
-from workers.heatmap import render_overlay
 from workers.photos import PhotoSource, PhotoUnavailable
 from workers.runner import Inference
 from workers.settings import WorkerSettings
@@ -203,7 +204,7 @@ class AnalysisEngine:
             raise
         except Exception as exc:
             return self._failed(job, "inference", f"the model failed: {exc}")
-        return self._save(self._done(job, pixels, verdict), job, deadline_s)
+        return self._save(self._done(job, verdict), job, deadline_s)
 
     def _photo(self, job: AnalysisJob) -> bytes | str | None:
         """The job's photo (bytes, or base64 text), None if Redis lost it."""
@@ -248,10 +249,8 @@ class AnalysisEngine:
             self._inference.withdraw()
             raise
 
-    def _done(
-        self, job: AnalysisJob, pixels: np.ndarray, verdict: _Verdict
-    ) -> AnalysisRecord:
-        """The analysis to store, with the heatmap drawn on this thread."""
+    def _done(self, job: AnalysisJob, verdict: _Verdict) -> AnalysisRecord:
+        """The analysis to store, with its evidence map (sick verdicts only)."""
         cam = verdict.inference.cam
         return AnalysisRecord(
             capture_id=job.capture_id,
@@ -260,7 +259,7 @@ class AnalysisEngine:
             label=verdict.inference.label,
             scores=verdict.inference.scores,
             attempts=job.attempt,
-            heatmap_png=render_overlay(pixels, cam) if cam is not None else None,
+            heatmap_map=encode_map(cam) if cam is not None else None,
             batch_size=verdict.batch_size,
         )
 

@@ -48,11 +48,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 _INSERT_SQL = """
 INSERT INTO analyses (capture_id, model_version, status, label, scores, error,
-                      attempts, heatmap_png, batch_size)
+                      attempts, heatmap_map, batch_size)
 SELECT r.capture_id, r.model_version, r.status, r.label, r.scores, r.error,
-       r.attempts, r.heatmap_png, r.batch_size
+       r.attempts, r.heatmap_map, r.batch_size
   FROM (VALUES %s) AS r (capture_id, model_version, status, label, scores, error,
-                         attempts, heatmap_png, batch_size)
+                         attempts, heatmap_map, batch_size)
   JOIN captures c ON c.id = r.capture_id
 ON CONFLICT (capture_id, model_version) DO NOTHING
 """
@@ -69,7 +69,8 @@ UPDATE captures c SET dispatch_state = a.status
    AND (a.capture_id, a.model_version) IN (
         SELECT * FROM unnest(%(capture_ids)s::bigint[], %(versions)s::text[]))
 RETURNING c.id, a.model_version, a.status, a.label, a.scores, a.error,
-          a.heatmap_png IS NOT NULL, c.farm_id, c.coop_id, c.device_id
+          a.heatmap_png IS NOT NULL OR a.heatmap_map IS NOT NULL,
+          c.farm_id, c.coop_id, c.device_id
 """
 
 
@@ -110,7 +111,8 @@ class AnalysisRecord:
     scores: dict[str, float] | None = None
     error: str | None = None
     attempts: int = 1
-    heatmap_png: bytes | None = None
+    heatmap_map: bytes | None = None
+    """Evidence map as :func:`farmeye.heatmaps.encode_map` stores it."""
     batch_size: int | None = None
 
     @property
@@ -247,7 +249,7 @@ def _row(record: AnalysisRecord) -> tuple[Any, ...]:
         json.dumps(record.scores) if record.scores is not None else None,
         record.error,
         record.attempts,
-        psycopg2.Binary(record.heatmap_png) if record.heatmap_png else None,
+        psycopg2.Binary(record.heatmap_map) if record.heatmap_map else None,
         record.batch_size,
     )
 

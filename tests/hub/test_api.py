@@ -4,13 +4,17 @@ paging and farm isolation, photos, feedback, commands and the event stream."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from websockets.exceptions import InvalidStatus
 
+from farmeye.heatmaps import encode_map
 from tests.hub.support import (
     add_camera,
     add_user,
@@ -210,6 +214,25 @@ def test_photo_thumbnail_heatmap_and_feedback(
                 b"\x89PNG fake",
             )
             answers["heatmap"] = await http_get(hub, f"{base}/heatmap", manager)
+            grid = np.zeros((7, 7), np.float32)
+            grid[3, 3] = 1.0
+            sql(
+                db_url,
+                "INSERT INTO analyses (capture_id, model_version, status,"
+                " label, heatmap_map) VALUES (%s, 'n/full', 'done', 'newcastle', %s)",
+                capture,
+                encode_map(grid),
+            )
+            answers["painted"] = await http_get(hub, f"{base}/heatmap", manager)
+            answers["painted again"] = await http_get(hub, f"{base}/heatmap", viewer)
+            sql(
+                db_url,
+                "INSERT INTO analyses (capture_id, model_version, status,"
+                " label, heatmap_map) VALUES (%s, 'o/full', 'done', 'newcastle', %s)",
+                capture,
+                b"garbage",
+            )
+            answers["broken map"] = await http_get(hub, f"{base}/heatmap", manager)
             feedback = f"{base}/feedback"
             answers["feedback"] = await http_get(
                 hub,
@@ -231,6 +254,14 @@ def test_photo_thumbnail_heatmap_and_feedback(
     assert answers["thumbnail"][2][:2] == b"\xff\xd8"
     assert answers["no heatmap"][0] == 404
     assert answers["heatmap"][2] == b"\x89PNG fake"
+    status, headers, body = answers["painted"]
+    content_type = {k.lower(): v for k, v in headers.items()}["content-type"]
+    assert (status, content_type) == (200, "image/png")
+    painted = Image.open(io.BytesIO(body))
+    assert (painted.mode, painted.size) == ("RGB", (448, 448))
+    assert answers["painted again"][2] == body
+    assert len(list((tmp_path / "heatmaps").rglob("*.png"))) == 1
+    assert answers["broken map"][0] == 500
     assert answers["feedback"][0] == 201
     assert answers["viewer feedback"][0] == 403
     assert answers["bad label"][0] == 400

@@ -146,7 +146,7 @@ def analyses(database_url: str, capture_ids: Sequence[int]) -> list[tuple[Any, .
     return query(
         database_url,
         "SELECT capture_id, status, label, error, attempts, batch_size,"
-        " heatmap_png IS NOT NULL, model_version"
+        " heatmap_map IS NOT NULL, model_version"
         " FROM analyses WHERE capture_id = ANY(%s) ORDER BY id",
         list(capture_ids),
     )

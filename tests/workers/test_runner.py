@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from farmeye.analysis import FullModel
 from farmeye.imaging import preprocess
 from farmeye.labels import HEALTHY, LABELS
 from farmeye.models import VIEWS, ModelError, load_card
 from tests.workers.support import synthetic_photo
-from workers.heatmap import render_overlay
 from workers.runner import (
     DeviceError,
     ModelRunner,
@@ -75,24 +72,6 @@ def test_heatmap_follows_the_predicted_class_evidence(
     for inference in runner.run(pixels, heatmaps_for_all=True):
         assert inference.cam is not None
         assert inference.cam.max() in (pytest.approx(1.0), 0.0)
-
-
-def test_overlay_is_a_png_of_the_model_input(runner: ModelRunner, pixels: np.ndarray):
-    """The stored heatmap is an RGB PNG the size of what the model saw."""
-    cam = np.zeros((3, 3), np.float32)
-    cam[1, 1] = 1.0
-    png = render_overlay(pixels[0], cam)
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
-    assert image.mode == "RGB"
-    assert image.size == (runner.input_size, runner.input_size)
-    assert not np.array_equal(np.asarray(image), pixels[0])
-
-
-def test_overlay_leaves_the_photo_where_there_is_no_evidence(pixels: np.ndarray):
-    """A zero map paints nothing: the photo comes back unchanged."""
-    png = render_overlay(pixels[1], np.zeros((3, 3), np.float32))
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), pixels[1])
 
 
 def test_mixed_precision_copy_computes_in_float16():

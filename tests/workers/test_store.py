@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from farmeye.heatmaps import encode_map
 from tests.workers.support import Farm, query, synthetic_photo
 from workers.store import (
     AnalysisRecord,
@@ -24,7 +26,7 @@ def done(capture_id: int, label: str = "coccidiosis") -> AnalysisRecord:
         status="done",
         label=label,
         scores=SCORES,
-        heatmap_png=b"\x89PNG fake",
+        heatmap_map=encode_map(np.eye(7, dtype=np.float32)),
         batch_size=2,
     )
 

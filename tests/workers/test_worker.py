@@ -6,7 +6,6 @@ the first tests see it take a full prefetch at once.
 
 from __future__ import annotations
 
-import io
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -15,9 +14,9 @@ from typing import Any
 
 import pytest
 import redis
-from PIL import Image
 
 from farmeye.embedded import free_port
+from farmeye.heatmaps import decode_map
 from farmeye.labels import HEALTHY
 from farmeye.tasks import photo_key
 from tests.workers.support import (
@@ -168,24 +167,29 @@ def test_every_capture_is_settled_and_announced(
         assert event["heatmap"] is row[6]
 
 
-def test_sick_verdicts_store_a_heatmap(cluster: Cluster, sick_photos: list[bytes]):
-    """Every analysis that is not healthy has a PNG heatmap; healthy ones none."""
+def test_sick_verdicts_store_an_evidence_map(
+    cluster: Cluster, sick_photos: list[bytes]
+):
+    """Every analysis that is not healthy stores its Grad-CAM grid; healthy none."""
     photos = sick_photos or [synthetic_photo(300 + i) for i in range(6)]
     captures = cluster.analyse(photos)
     wait_until(lambda: all_analysed(cluster.database_url, captures), what="analyses")
     rows = query(
         cluster.database_url,
-        "SELECT label, heatmap_png FROM analyses WHERE capture_id = ANY(%s)",
+        "SELECT label, heatmap_map, heatmap_png FROM analyses"
+        " WHERE capture_id = ANY(%s)",
         captures,
     )
-    sick = [png for label, png in rows if label != HEALTHY]
+    sick = [evidence for label, evidence, _ in rows if label != HEALTHY]
     if not sick:
         pytest.skip("the shipped model called every test photo healthy")
-    for label, png in rows:
-        assert (png is not None) == (label != HEALTHY)
-    image = Image.open(io.BytesIO(bytes(sick[0])))
-    assert image.format == "PNG"
-    assert image.width == image.height
+    for label, evidence, painted in rows:
+        assert (evidence is not None) == (label != HEALTHY)
+        assert painted is None
+    grid = decode_map(bytes(sick[0]))
+    assert grid.shape == (7, 7)
+    assert 0.0 <= grid.min() <= grid.max() <= 1.0
+    assert grid.max() in (0.0, 1.0)
 
 
 def test_task_is_acknowledged_only_after_commit(cluster: Cluster):

@@ -220,7 +220,10 @@ def test_db_migrate_applies_to_empty_database(
     try:
         environment["FARMEYE_DATABASE_URL"] = db.replace_database(database_url, name)
         result = farmeye(environment, "db", "migrate")
-        assert result.stdout.splitlines()[0] == "applied 001_initial"
+        assert result.stdout.splitlines()[:2] == [
+            "applied 001_initial",
+            "applied 002_heatmap_maps",
+        ]
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
