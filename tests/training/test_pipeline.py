@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from farmeye.cli import main
 from farmeye.imaging import preprocess
 from farmeye.labels import LABELS
+from training.card import model_version
 from training.dataset import load_samples
 from training.features import _views_of
 
@@ -54,6 +55,13 @@ def test_card_records_data_parameters_and_metrics(tiny_run: Path):
     triage = card["models"]["triage"]
     assert set(triage["metrics"]["per_class"]) == set(LABELS)
     assert 0.5 <= triage["healthy_threshold"] <= 1.0
+    assert card["models"]["full"]["views"] == ["identity", "flip_h", "flip_v"]
+    expected = model_version(card["models"], digests(card))
+    assert card["version"].rsplit("-", 1)[1] == expected.rsplit("-", 1)[1]
+
+
+def digests(card: dict) -> dict[str, str]:
+    return {kind: entry["sha256"] for kind, entry in card["models"].items()}
 
 
 def test_triage_file_is_full_integer_and_agrees_with_float(tiny_run: Path):
