@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -97,30 +98,36 @@ class DiskImageStore:
         return self.path(key).is_file()
 
     def heatmap(self, key: str, evidence: bytes) -> bytes:
-        check_key(key)
         tag = hashlib.sha256(evidence).hexdigest()[:16]
-        target = self.heatmaps_dir / key[:2] / f"{key}-{tag}.png"
-        try:
-            return target.read_bytes()
-        except FileNotFoundError:
-            pass
-        # The square the model saw (same preprocessing), at a readable size.
-        pixels = preprocess(self.get(key), HEATMAP_SIDE_PX)
-        painted = render_overlay(pixels, decode_map(evidence))
-        _write_durably(target, painted, sync=False)  # remade if lost
-        return painted
+
+        def paint() -> bytes:
+            # The square the model saw (same preprocessing), at a readable size.
+            pixels = preprocess(self.get(key), HEATMAP_SIDE_PX)
+            return render_overlay(pixels, decode_map(evidence))
+
+        return self._derived(self.heatmaps_dir, key, f"-{tag}.png", paint)
 
     def thumbnail(self, key: str) -> bytes:
-        check_key(key)
-        target = self.thumbnails_dir / key[:2] / f"{key}.jpg"
+        return self._derived(
+            self.thumbnails_dir,
+            key,
+            ".jpg",
+            lambda: thumbnail(self.get(key), THUMBNAIL_SIDE_PX),
+        )
+
+    def _derived(
+        self, folder: Path, key: str, suffix: str, make: Callable[[], bytes]
+    ) -> bytes:
+        """An image made from the photo under ``key`` once, then read back."""
+        target = folder / check_key(key)[:2] / f"{key}{suffix}"
         try:
             return target.read_bytes()
         except FileNotFoundError:
             pass
-        small = thumbnail(self.get(key), THUMBNAIL_SIDE_PX)
-        # A lost thumbnail is remade on the next request: no fsync needed.
-        _write_durably(target, small, sync=False)
-        return small
+        made = make()
+        # A lost copy is made again on the next request: no fsync needed.
+        _write_durably(target, made, sync=False)
+        return made
 
 
 def _write_durably(target: Path, data: bytes, *, sync: bool = True) -> None:
