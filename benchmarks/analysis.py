@@ -9,7 +9,9 @@ Prints one JSON object. With the same photos, batch size and device:
   commit, announce and acknowledgement. ``end_to_end`` also publishes the
   tasks from this process while the workers run (a hub's work, here on the
   same cores); ``drain`` queues them first, with the workers paused. The
-  ratios are celery / bare (target >= 0.85); bare runs before and after;
+  ratios are celery / bare (target >= 0.85). Bare and Celery runs take
+  turns ``--rounds`` times, bare first and last, and each Celery run is
+  compared with the bare runs on either side of it: the medians are reported;
 - for ``P`` in ``--processes`` (default 1 and 2): the scaling;
 - latency: one worker process, tasks published at each of ``--rates``
   images/s for ``--seconds``; publish-to-event latency p50 / p99. A rate
@@ -20,7 +22,7 @@ or FARMEYE_BENCH_DATABASE_URL and FARMEYE_BENCH_REDIS_URL when set.
 
     python benchmarks/analysis.py [--device cpu|gpu] [--images 400]
         [--batch-size B] [--batch-wait-ms T] [--processes 1,2]
-        [--rates 20,5] [--seconds 20]
+        [--rates 20,5] [--seconds 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +213,8 @@ class Bench:
         self.events = Events(redis_url)
         self.stash = redis.Redis.from_url(redis_url)
         self._sequence = 0
+        self.options: dict[str, Any] = {}
+        """The options of the run in progress."""
 
     def captures(self, photos: Sequence[bytes]) -> list[int]:
         connection = db.connect(self.database_url)
@@ -314,29 +319,27 @@ def images_per_s(bench: Bench, ids: Sequence[int], started_s: float) -> float:
 
 
 def celery_throughput(
-    bench: Bench, photos: Sequence[bytes], options: dict[str, Any]
+    bench: Bench, supervisor: subprocess.Popen[str], photos: Sequence[bytes]
 ) -> dict[str, float]:
-    """Images/s through the workers, two ways, with one set of processes.
+    """Images/s through running workers, two ways.
 
     end_to_end: this process publishes every task while the workers take
     them (the publisher shares this machine's cores, which a hub would not);
     drain: the tasks are queued while the workers are paused, then the
     workers are resumed and the clock runs until the last event.
     """
-    with running_worker(bench, options) as supervisor:
-        warmup, _ = publish_all(bench, photos[:WARMUP_IMAGES])
-        bench.events.wait_for(warmup, timeout_s=600)
+    started_s = time.time()
+    ids, publish_s = publish_all(bench, photos)
+    end_to_end = images_per_s(bench, ids, started_s)
 
-        started_s = time.time()
-        ids, publish_s = publish_all(bench, photos)
-        end_to_end = images_per_s(bench, ids, started_s)
-
-        bench.app.control.cancel_consumer(ANALYSIS_QUEUE, reply=True, timeout=10)
-        ids, _ = publish_all(bench, photos)
-        started_s, cpu_started_s = time.time(), worker_cpu_s(supervisor)
-        bench.app.control.add_consumer(ANALYSIS_QUEUE, reply=True, timeout=10)
-        drain = images_per_s(bench, ids, started_s)
-        cpu_s = worker_cpu_s(supervisor) - cpu_started_s
+    workers = int(bench.options["processes"])
+    control = bench.app.control
+    control.cancel_consumer(ANALYSIS_QUEUE, reply=True, limit=workers, timeout=10)
+    ids, _ = publish_all(bench, photos)
+    started_s, cpu_started_s = time.time(), worker_cpu_s(supervisor)
+    control.add_consumer(ANALYSIS_QUEUE, reply=True, limit=workers, timeout=10)
+    drain = images_per_s(bench, ids, started_s)
+    cpu_s = worker_cpu_s(supervisor) - cpu_started_s
     return {
         "end_to_end": end_to_end,
         "drain": drain,
@@ -403,6 +406,9 @@ def parse_arguments(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--rates", default="20,5")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Celery runs between bare runs"
+    )
     parser.add_argument("--frame-size", default="1280x960")
     arguments = vars(parser.parse_args(argv))
     from workers.settings import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS
@@ -439,23 +445,46 @@ def main(argv: Sequence[str] | None = None) -> None:
 def compare(
     bench: Bench, photos: Sequence[bytes], options: dict[str, Any], processes: int
 ) -> dict[str, Any]:
-    """Bare before and after the Celery runs, so load drift cancels out."""
+    """Bare and Celery runs taking turns, ``rounds`` times, bare first and last.
+
+    Each Celery run is compared with the mean of the bare runs just before and
+    after it, so that drift in the machine's load cancels out; the medians
+    over the rounds are the figures, the lists show the spread.
+    """
     run = options | {"processes": processes}
-    bare_before, bare_cpu_s = bare_throughput(photos, run)
-    celery = celery_throughput(bench, photos, run)
-    bare_after, _ = bare_throughput(photos, run)
-    bare = (bare_before + bare_after) / 2
-    return {
-        "bare_images_per_s": round(bare, 1),
-        "bare_before_after": [round(bare_before, 1), round(bare_after, 1)],
-        "celery_drain_images_per_s": round(celery["drain"], 1),
-        "celery_end_to_end_images_per_s": round(celery["end_to_end"], 1),
-        "publish_images_per_s": round(celery["publish"], 1),
-        "ratio_drain": round(celery["drain"] / bare, 3),
-        "ratio_end_to_end": round(celery["end_to_end"] / bare, 3),
-        "bare_cpu_ms_per_image": round(bare_cpu_s * 1000, 2),
-        "worker_cpu_ms_per_image": round(celery["cpu_s_per_image"] * 1000, 2),
+    bench.options = run
+    bare = [bare_throughput(photos, run)]
+    celery = []
+    with running_worker(bench, run) as supervisor:
+        warmup, _ = publish_all(bench, photos[:WARMUP_IMAGES])
+        bench.events.wait_for(warmup, timeout_s=600)
+        for _ in range(options["rounds"]):
+            celery.append(celery_throughput(bench, supervisor, photos))
+            bare.append(bare_throughput(photos, run))
+    limits = [(before[0] + after[0]) / 2 for before, after in pairwise(bare)]
+    ratios = {
+        way: [c[way] / limit for c, limit in zip(celery, limits, strict=True)]
+        for way in ("drain", "end_to_end")
     }
+    return {
+        "bare_images_per_s": _median([b[0] for b in bare]),
+        "bare_runs": [round(b[0], 1) for b in bare],
+        "celery_drain_images_per_s": _median([c["drain"] for c in celery]),
+        "celery_end_to_end_images_per_s": _median([c["end_to_end"] for c in celery]),
+        "publish_images_per_s": _median([c["publish"] for c in celery]),
+        "ratio_drain": round(float(np.median(ratios["drain"])), 3),
+        "ratio_end_to_end": round(float(np.median(ratios["end_to_end"])), 3),
+        "ratios_drain": [round(r, 3) for r in ratios["drain"]],
+        "ratios_end_to_end": [round(r, 3) for r in ratios["end_to_end"]],
+        "bare_cpu_ms_per_image": round(bare[0][1] * 1000, 2),
+        "worker_cpu_ms_per_image": _median(
+            [c["cpu_s_per_image"] * 1000 for c in celery], 2
+        ),
+    }
+
+
+def _median(values: Sequence[float], digits: int = 1) -> float:
+    return round(float(np.median(values)), digits)
 
 
 def report(
