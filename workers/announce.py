@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from farmeye.events import EVENTS_CHANNEL, encode_event, make_event
+from workers.settings import redis_client
 from workers.store import StoredAnalysis
 
 logger = logging.getLogger(__name__)
@@ -28,19 +29,13 @@ RETRY_WINDOW_S = 30.0
 
 RETRY_DELAY_S = 0.5
 
-SOCKET_TIMEOUT_S = 5.0
-
 
 class Announcer:
     """Publishes analysis events over its own Redis connection pool."""
 
     def __init__(self, redis_url: str, *, channel: str = EVENTS_CHANNEL) -> None:
         self.channel = channel
-        self._client = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-        )
+        self._client = redis_client(redis_url)
 
     def announce(self, analyses: Sequence[StoredAnalysis]) -> int:
         """Publish one event per analysis; returns how many went out."""

@@ -15,6 +15,8 @@ import logging
 
 import redis
 
+from workers.settings import redis_client
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "farmeye:worker:unfinished:"
@@ -23,18 +25,12 @@ KEY_PREFIX = "farmeye:worker:unfinished:"
 KEY_TTL_S = 7 * 24 * 3600
 """Marks of tasks that never come back expire after a week."""
 
-SOCKET_TIMEOUT_S = 5.0
-
 
 class CrashCounter:
     """Marks tasks as started and finished in Redis."""
 
     def __init__(self, redis_url: str) -> None:
-        self._client = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-        )
+        self._client = redis_client(redis_url)
 
     def start(self, task_id: str) -> int:
         """Mark ``task_id`` started; how many earlier deliveries died with it."""

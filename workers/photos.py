@@ -13,9 +13,9 @@ import logging
 
 import redis
 
-logger = logging.getLogger(__name__)
+from workers.settings import redis_client
 
-SOCKET_TIMEOUT_S = 5.0
+logger = logging.getLogger(__name__)
 
 
 class PhotoUnavailable(RuntimeError):
@@ -26,11 +26,7 @@ class PhotoSource:
     """Reads and discards stashed photos over its own Redis connection pool."""
 
     def __init__(self, redis_url: str) -> None:
-        self._client = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-        )
+        self._client = redis_client(redis_url)
 
     def fetch(self, key: str) -> bytes | None:
         """The photo under ``key``, or None if it is not (or no longer) there."""

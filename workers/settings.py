@@ -11,9 +11,21 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from farmeye.tasks import VISIBILITY_TIMEOUT_S
+
+REDIS_TIMEOUT_S = 5.0
+"""Seconds a worker's call to Redis may take before Redis counts as down."""
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client with its own connection pool and the workers' timeouts."""
+    return redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+
 
 Device = Literal["cpu", "gpu"]
 
