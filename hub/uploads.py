@@ -2,13 +2,13 @@
 events and dispatch after the ack; triage runs alongside.
 
 :meth:`UploadPipeline.accept` returns only when the photo is fsynced in the
-store and its row is committed, which is what makes the ack a promise; the
-two are made durable side by side. The inserts of concurrent uploads, from
-one device or many, share one transaction (a :class:`hub.batching.BatchWriter`),
-so durability costs one commit per batch rather than one per photo. Triage
-starts as soon as the photo has passed its checks, while it is written and
-committed, so the verdict is often ready by the ack; it is announced and
-recorded only after the ack, and never delays it.
+store and its row is committed, which is what makes the ack a promise. The
+inserts of concurrent uploads, from one device or many, share one transaction
+(a :class:`hub.batching.BatchWriter`), so durability costs one commit per
+batch rather than one per photo. Triage starts as soon as the photo has
+passed its checks, while it is written and committed, so the verdict is
+often ready by the ack; it is announced and recorded only after the ack, and
+never delays it.
 """
 
 from __future__ import annotations
@@ -164,17 +164,9 @@ class UploadPipeline:
         content_type: str,
         verdict: asyncio.Future[TriageOutcome],
     ) -> UploadResult:
-        """Store and commit the photo; hand the verdict to the follow-up.
-
-        The file and the row are made durable at the same time, not one after
-        the other: the store key is the checksum already verified, so the row
-        does not wait for the file. Neither is acked before both are done. A
-        row whose file did not make it (the hub died in between, or the disk
-        refused) belongs to an upload that was never acked: its retry is a
-        duplicate and writes the file again.
-        """
+        """Store and commit the photo; hand the verdict to the follow-up."""
         loop = asyncio.get_running_loop()
-        stored = loop.run_in_executor(self._executor, store_photo, self.store, data)
+        key = await loop.run_in_executor(self._executor, store_photo, self.store, data)
         draft = CaptureDraft(
             device.device_id,
             int(device.coop_id),
@@ -183,19 +175,15 @@ class UploadPipeline:
             len(data),
             content_type,
             header["captured_at"],
-            header["sha256"],
+            key,
         )
-        committed = self._commits.submit(draft)
-        key, row = await asyncio.gather(stored, committed, return_exceptions=True)
-        if isinstance(key, BaseException):
-            raise key
-        if isinstance(row, DatabaseUnavailable):
-            logger.warning("cannot record upload of %s: %s", device.device_id, row)
+        try:
+            row = await self._commits.submit(draft)
+        except DatabaseUnavailable as exc:
+            logger.warning("cannot record upload of %s: %s", device.device_id, exc)
             raise ProtocolError(
                 "storage_unavailable", "the hub's database is unavailable; retry later"
             ) from None
-        if isinstance(row, BaseException):
-            raise row
         self.metrics.uploads.labels("duplicate" if row.duplicate else "new").inc()
         if not row.duplicate:
             self.metrics.upload_bytes.inc(len(data))

@@ -103,32 +103,3 @@ def test_retried_upload_gets_same_capture_id(
     assert second.capture_id == first.capture_id
     assert (first.duplicate, second.duplicate) == (False, True)
     assert sql(db_url, "SELECT count(*) FROM captures") == [(1,)]
-
-
-def test_retry_writes_the_photo_of_a_row_left_without_one(
-    tmp_path: Path, db_url: str, redis_db_url: str
-) -> None:
-    """A row whose file never became durable is healed by the device's retry.
-
-    The file and the row are written side by side, so a hub that dies between
-    the two leaves a committed row without its photo for an upload it never
-    acked. Removing the file after the first upload stands in for that.
-    """
-    camera = add_camera(db_url)
-    data = photo(3)
-    store = DiskImageStore(tmp_path)
-    key = hashlib.sha256(data).hexdigest()
-
-    async def scenario() -> list:
-        async with running_hub(hub_settings(tmp_path), db_url, redis_db_url) as hub:
-            acks = []
-            async with client_for(hub, camera) as client:
-                acks.append(await client.upload(data))
-            store.path(key).unlink()
-            async with client_for(hub, camera) as client:
-                acks.append(await client.upload(data))
-            return acks
-
-    first, second = asyncio.run(scenario())
-    assert (second.capture_id, second.duplicate) == (first.capture_id, True)
-    assert store.get(key) == data
