@@ -125,6 +125,11 @@ class Settings(BaseModel):
         ge=1,
         description="Analysis tasks queued before new captures are kept pending.",
     )
+    min_free_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Bytes kept free on the photos' disk; new photos refused below.",
+    )
     log_level: LogLevel = Field(
         default="INFO",
         description="Lowest level logged: DEBUG, INFO, WARNING or ERROR.",

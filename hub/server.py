@@ -68,7 +68,9 @@ class Hub:
         self.settings = settings
         self.metrics = HubMetrics()
         self.database = Database(database_url)
-        self.store = DiskImageStore(Path(settings.data_dir))
+        self.store = DiskImageStore(
+            Path(settings.data_dir), min_free_bytes=settings.min_free_bytes
+        )
         self.triage = TriagePool(settings.triage_processes)
         self.users = Users(self.database, admin_user_ids)
         self.stream = EventStream(self.users.viewer)
@@ -168,13 +170,16 @@ class Hub:
 
     async def health(self) -> dict[str, Any]:
         """What ``GET /healthz`` reports: each dependency ok or not."""
+        loop = asyncio.get_running_loop()
+        space_problem = await loop.run_in_executor(None, self.store.space_problem)
         checks = {
             "database": await _check(self.database.run(repository.ping)),
             "redis": "ok" if self.bus.relaying else "unreachable",
+            "disk": "ok" if space_problem is None else f"full: {space_problem}",
         }
-        status = "ok" if checks["database"] == "ok" else "degraded"
+        ok = checks["database"] == "ok" and space_problem is None
         return {
-            "status": status,
+            "status": "ok" if ok else "degraded",
             "checks": checks,
             "devices_connected": len(self.ingest.sessions),
             "stream_clients": len(self.stream.clients),

@@ -9,8 +9,10 @@ folder, and an object store (S3, MinIO) could implement the same four methods.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +29,15 @@ HEATMAP_SIDE_PX = 448
 
 _KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
+logger = logging.getLogger(__name__)
+
 
 class StoreError(OSError):
     """A photo that could not be written or read."""
+
+
+class StoreFull(StoreError):
+    """The disk is down to the space the store must leave free."""
 
 
 class ImageStore(Protocol):
@@ -70,10 +78,17 @@ class DiskImageStore:
     Writes go to a temporary file in the target folder, which is fsynced,
     renamed into place and followed by an fsync of the folder, so a photo
     whose ``put`` returned survives a power cut.
+
+    A new photo is refused with :class:`StoreFull` when writing it would
+    leave less than ``min_free_bytes`` free on the disk, so that a hub left
+    running for months stops taking photos (the cameras keep them in their
+    spools) before PostgreSQL or the system on the same disk runs out.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self._refusing = False
         self.images_dir = self.root / "images"
         self.thumbnails_dir = self.root / "thumbnails"
         self.heatmaps_dir = self.root / "heatmaps"
@@ -88,8 +103,38 @@ class DiskImageStore:
         key = content_key(data)
         target = self.path(key)
         if not target.exists():
+            self._make_room(len(data))
             _write_durably(target, data)
         return key
+
+    def free_bytes(self) -> int:
+        """Bytes free on the disk that holds the photos."""
+        return shutil.disk_usage(self.images_dir).free
+
+    def space_problem(self) -> str | None:
+        """Why new photos are refused for lack of space, or None."""
+        free = self.free_bytes()
+        if free >= self.min_free_bytes:
+            return None
+        return f"{free} bytes free under {self.images_dir}, {self.min_free_bytes} kept"
+
+    def _make_room(self, size: int) -> None:
+        if not self.min_free_bytes:
+            return
+        free = self.free_bytes()
+        if free - size >= self.min_free_bytes:
+            if self._refusing:
+                logger.info("taking photos again: %d bytes free", free)
+                self._refusing = False
+            return
+        problem = (
+            f"{free} bytes free under {self.images_dir}; a photo of {size} bytes "
+            f"would leave less than the {self.min_free_bytes} kept free"
+        )
+        if not self._refusing:
+            logger.error("refusing new photos: %s", problem)
+            self._refusing = True
+        raise StoreFull(problem)
 
     def get(self, key: str) -> bytes:
         return self.path(key).read_bytes()

@@ -36,7 +36,7 @@ from hub.events import EventBus
 from hub.ingest import DeviceRecord, UploadResult
 from hub.metrics import HubMetrics
 from hub.repository import CaptureDraft, CaptureRow, TriageRow
-from hub.store import ImageStore, StoreError
+from hub.store import ImageStore, StoreError, StoreFull
 from hub.triage_pool import TriageOutcome, TriagePool
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ def store_photo(store: ImageStore, data: bytes) -> str:
     """Durably store one checked photo; returns its storage key."""
     try:
         return store.put(data)
+    except StoreFull:  # logged by the store when it starts refusing
+        raise ProtocolError(
+            "storage_unavailable", "the hub's disk is full; retry later"
+        ) from None
     except StoreError as exc:
         logger.error("cannot store a photo: %s", exc)
         raise ProtocolError(

@@ -5,6 +5,8 @@ other cameras."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import struct
 import zlib
@@ -16,10 +18,12 @@ import pytest
 from farmeye import protocol
 from farmeye.device_client import HubError
 from hub.server import Hub
+from hub.store import DiskImageStore
 from tests.hub.support import (
     Camera,
     add_camera,
     client_for,
+    http_get,
     hub_settings,
     ingest_of,
     photo,
@@ -250,3 +254,42 @@ def test_thousand_silent_connections_time_out(
     timeouts = [r for r in caplog.records if "handshake_timeout" in r.getMessage()]
     assert len(timeouts) == 1000
     assert acks >= 1
+
+
+def test_full_disk_refuses_photos_retryably_until_there_is_room(
+    tmp_path: Path,
+    db_url: str,
+    redis_db_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Below its free-space reserve the hub refuses new photos with a retryable
+    storage_unavailable, keeps no row for them and reports the disk in health;
+    once there is room the same photo is taken."""
+    camera = add_camera(db_url)
+    data = photo(7)
+    settings = hub_settings(tmp_path, min_free_bytes=2**62)
+
+    async def scenario() -> tuple[list[HubError], int, dict, dict, int]:
+        async with running_hub(settings, db_url, redis_db_url) as hub:
+            async with client_for(hub, camera) as client:
+                refused = []
+                for _ in range(3):
+                    with pytest.raises(HubError) as error:
+                        await client.upload(data)
+                    refused.append(error.value)
+                status, _, full = await http_get(hub, "/healthz")
+                hub.store.min_free_bytes = 0  # as if old photos had been moved off
+                ack = await client.upload(data)
+                _, _, roomy = await http_get(hub, "/healthz")
+        return refused, status, json.loads(full), json.loads(roomy), ack.capture_id
+
+    refused, status, full, roomy, capture_id = asyncio.run(scenario())
+    assert {(e.code, e.retryable) for e in refused} == {("storage_unavailable", True)}
+    assert "disk is full" in refused[0].message
+    assert (status, full["status"]) == (503, "degraded")
+    assert full["checks"]["disk"].startswith("full: ")
+    assert (roomy["status"], roomy["checks"]["disk"]) == ("ok", "ok")
+    assert sql(db_url, "SELECT id FROM captures") == [(capture_id,)]
+    assert DiskImageStore(tmp_path).get(hashlib.sha256(data).hexdigest()) == data
+    refusals = [r for r in caplog.records if "refusing new photos" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR

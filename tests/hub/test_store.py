@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import DiskImageStore
+from hub.store import DiskImageStore, StoreFull
 from tests.hub.support import photo
 
 
@@ -44,3 +44,21 @@ def test_keys_that_are_not_sha256_are_refused(tmp_path: Path) -> None:
         store.get("../../etc/passwd")
     with pytest.raises(FileNotFoundError):
         store.get("0" * 64)
+
+
+def test_put_keeps_the_free_space_reserve(tmp_path: Path) -> None:
+    """A new photo that would eat into min_free_bytes is refused and not
+    written; one already stored is still found, since it costs nothing."""
+    kept = photo(3)
+    key = DiskImageStore(tmp_path).put(kept)
+    free = DiskImageStore(tmp_path).free_bytes()
+    store = DiskImageStore(tmp_path, min_free_bytes=free + 1)
+
+    with pytest.raises(StoreFull, match="kept free"):
+        store.put(photo(4))
+
+    assert store.put(kept) == key
+    assert store.space_problem() is not None
+    assert [p.name for p in tmp_path.rglob("*.jpg")] == [f"{key}.jpg"]
+    assert not any(p.name.endswith(".part") for p in tmp_path.rglob("*"))
+    assert DiskImageStore(tmp_path, min_free_bytes=1).space_problem() is None
