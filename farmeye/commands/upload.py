@@ -274,12 +274,19 @@ class _Progress:
 
 
 class _VerdictWatcher:
-    """Follows the device's events until each capture has both verdicts."""
+    """Follows the device's events until each capture has both verdicts.
+
+    A verdict can arrive before the ack that names its capture has been
+    read (triage is often done by the time the hub acks), so every verdict
+    heard is kept by capture id, with the time it came, until a capture
+    claims it.
+    """
 
     def __init__(self, target: Target, device: str, outcomes: list[Outcome]) -> None:
         self.target = target
         self.device = device
         self.outcomes = outcomes
+        self._heard: dict[int, dict[str, tuple[dict[str, Any], float]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._socket: Any = None
 
@@ -304,25 +311,29 @@ class _VerdictWatcher:
             self._apply(json.loads(message))
 
     def _apply(self, event: dict[str, Any]) -> None:
+        capture_id, kind = event.get("capture_id"), event.get("type")
+        if not isinstance(capture_id, int) or kind not in ("triage", "analysis"):
+            return
+        verdict = {"label": event.get("label"), "scores": event.get("scores")}
+        if event.get("error"):
+            verdict["error"] = event["error"]
+        self._heard.setdefault(capture_id, {})[kind] = (verdict, time.perf_counter())
         for outcome in self.outcomes:
-            if outcome.capture_id is None or outcome.capture_id != event.get(
-                "capture_id"
-            ):
-                continue
-            verdict = {"label": event.get("label"), "scores": event.get("scores")}
-            if event.get("error"):
-                verdict["error"] = event["error"]
-            if event["type"] == "triage":
-                outcome.triage = verdict
-            elif event["type"] == "analysis":
-                outcome.analysis = verdict
-            self._check_done(outcome)
+            if outcome.capture_id == capture_id:
+                self._settle(outcome)
 
-    def _check_done(self, outcome: Outcome) -> None:
+    def _settle(self, outcome: Outcome) -> None:
+        """Give ``outcome`` the verdicts heard for its capture; done when both are."""
+        heard = self._heard.get(outcome.capture_id or -1, {})
+        if "triage" in heard:
+            outcome.triage = heard["triage"][0]
+        if "analysis" in heard:
+            outcome.analysis = heard["analysis"][0]
+        if outcome.done.is_set():
+            return
         if outcome.error or (outcome.triage and outcome.analysis):
-            outcome.finished_s = (
-                outcome.finished_s if outcome.done.is_set() else (time.perf_counter())
-            )
+            arrivals = [at_s for _, at_s in heard.values()]
+            outcome.finished_s = max(arrivals, default=time.perf_counter())
             outcome.done.set()
 
     async def wait_all(self, timeout_s: float) -> None:
@@ -330,7 +341,7 @@ class _VerdictWatcher:
         for outcome in self.outcomes:
             if outcome.duplicate and outcome.capture_id is not None:
                 self._fill_from_api(outcome, await self._fetch(outcome.capture_id))
-            self._check_done(outcome)
+            self._settle(outcome)
         waits = [outcome.done.wait() for outcome in self.outcomes]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from farmeye.cli import main
+from farmeye.commands.upload import Outcome, Target, _VerdictWatcher
 from tests.hub.support import HubThread, add_camera, hub_settings, photo, sql
 
 
@@ -126,3 +128,32 @@ def test_wait_without_a_token_is_refused_up_front(tmp_path: Path) -> None:
 
     assert result.exit_code != 0
     assert "--token" in result.output
+
+
+def test_verdicts_heard_before_the_ack_are_kept_for_its_capture() -> None:
+    """Triage is often done by the ack, so its event can be read first; the
+    watcher keeps it until the ack names the capture, instead of dropping it."""
+
+    async def scenario() -> Outcome:
+        outcome = Outcome(Path("dropping.jpg"), started_s=0.0)
+        watcher = _VerdictWatcher(Target("", "", None, None), "cam-1", [outcome])
+        scores = {"healthy": 0.9, "coccidiosis": 0.1}
+        for kind in ("triage", "analysis"):
+            watcher._apply(
+                {"type": kind, "capture_id": 7, "label": "healthy", "scores": scores}
+            )
+        watcher._apply({"type": "triage", "capture_id": 8, "label": "salmonella"})
+        outcome.capture_id = 7  # the ack is read only now
+        await watcher.wait_all(timeout_s=1.0)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert outcome.error is None and outcome.done.is_set()
+    assert (
+        outcome.triage
+        == outcome.analysis
+        == {
+            "label": "healthy",
+            "scores": {"healthy": 0.9, "coccidiosis": 0.1},
+        }
+    )
