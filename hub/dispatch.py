@@ -52,6 +52,9 @@ PENDING_GRACE_S = 15.0
 PENDING_BATCH = 100
 """Pending captures sent per round of the re-dispatch loop."""
 
+CLAIM_LEASE_S = 120.0
+"""How long a hub's claim on the pending captures it is sending holds."""
+
 _SEND_ERRORS = (KombuError, RedisError, OSError)
 
 
@@ -178,13 +181,17 @@ class Dispatcher:
                 self.metrics.dispatched.labels("redispatch").inc(sent)
 
     async def redispatch_once(self) -> int:
-        """Send one batch of pending captures; stop at the first refusal."""
+        """Claim and send one batch of pending captures; stop at the first
+        refusal and give the rest back."""
         pending = await self.database.run(
-            repository.pending_captures, self.grace_s, PENDING_BATCH
+            repository.claim_pending_captures,
+            self.grace_s,
+            PENDING_BATCH,
+            CLAIM_LEASE_S,
         )
         loop = asyncio.get_running_loop()
         sent = 0
-        for capture in pending:
+        for index, capture in enumerate(pending):
             try:
                 data = await loop.run_in_executor(
                     None, self.store.get, capture.storage_key
@@ -201,6 +208,8 @@ class Dispatcher:
                 )
                 continue
             if not await self.dispatch(capture.capture_id, data, capture.triage_label):
+                unsent = [c.capture_id for c in pending[index:]]
+                await self.database.run(repository.release_claims, unsent)
                 break
             sent += 1
         return sent

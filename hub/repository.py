@@ -344,20 +344,40 @@ def mark_dispatch_failed(connection: Connection, capture_id: int) -> None:
         )
 
 
-def pending_captures(
-    connection: Connection, older_than_s: float, limit: int
+def claim_pending_captures(
+    connection: Connection, older_than_s: float, limit: int, lease_s: float
 ) -> list[PendingCapture]:
-    """Captures still waiting for dispatch, oldest first."""
+    """Claim captures still waiting for dispatch, oldest first, for ``lease_s``.
+
+    Rows that another hub holds (locked now, or claimed and not yet run
+    out) are skipped, so hubs sharing the database send each capture once.
+    """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT c.id, c.storage_key, t.label FROM captures c"
-            "  LEFT JOIN triage_results t ON t.capture_id = c.id"
-            " WHERE c.dispatch_state = 'pending'"
-            "   AND c.received_at < now() - make_interval(secs => %s)"
-            " ORDER BY c.id LIMIT %s",
-            (older_than_s, limit),
+            "UPDATE captures c"
+            "   SET dispatch_claimed_until = now() + make_interval(secs => %s)"
+            "  FROM (SELECT id FROM captures"
+            "         WHERE dispatch_state = 'pending'"
+            "           AND received_at < now() - make_interval(secs => %s)"
+            "           AND (dispatch_claimed_until IS NULL"
+            "                OR dispatch_claimed_until < now())"
+            "         ORDER BY id LIMIT %s"
+            "         FOR UPDATE SKIP LOCKED) picked"
+            " WHERE c.id = picked.id"
+            " RETURNING c.id, c.storage_key,"
+            "   (SELECT t.label FROM triage_results t WHERE t.capture_id = c.id)",
+            (lease_s, older_than_s, limit),
         )
-        return [PendingCapture(*row) for row in cursor.fetchall()]
+        return [PendingCapture(*row) for row in sorted(cursor.fetchall())]
+
+
+def release_claims(connection: Connection, capture_ids: Sequence[int]) -> None:
+    """Give back claimed captures that were not sent, for the next round."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE captures SET dispatch_claimed_until = NULL WHERE id = ANY(%s)",
+            (list(capture_ids),),
+        )
 
 
 _CAPTURE_SELECT = """
