@@ -130,6 +130,11 @@ class Settings(BaseModel):
         ge=0,
         description="Bytes kept free on the photos' disk; new photos refused below.",
     )
+    photo_retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="Days the hub keeps photos (0: forever); rows and verdicts stay.",
+    )
     log_level: LogLevel = Field(
         default="INFO",
         description="Lowest level logged: DEBUG, INFO, WARNING or ERROR.",

@@ -197,18 +197,24 @@ class Api:
         viewer = await self._require_viewer(request)
         capture_id = _int_param(request.params["capture_id"], "capture id")
         found = await self._run(repository.capture_file, capture_id)
-        if found is None or not viewer.may_see(found[0]):
+        if found is None or not viewer.may_see(found.farm_id):
             raise _no_capture(capture_id)
-        return found[1], found[2]
+        if found.photo_deleted_at is not None:
+            raise HttpError(
+                410,
+                f"the photo of capture {capture_id} was deleted on "
+                f"{found.photo_deleted_at:%Y-%m-%d} (photo_retention_days)",
+            )
+        return found.storage_key, found.content_type
 
     async def add_feedback(self, request: Request) -> Response:
         viewer = await self._require_viewer(request)
         capture_id = _int_param(request.params["capture_id"], "capture id")
         label, note = feedback_body(request.json())
         found = await self._run(repository.capture_file, capture_id)
-        if found is None or not viewer.may_see(found[0]):
+        if found is None or not viewer.may_see(found.farm_id):
             raise _no_capture(capture_id)
-        if not viewer.may_act(found[0]):
+        if not viewer.may_act(found.farm_id):
             raise HttpError(
                 403, "only a manager or admin of the farm may give feedback"
             )

@@ -507,17 +507,58 @@ def _capture_document(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def capture_file(
-    connection: Connection, capture_id: int
-) -> tuple[int, str, str] | None:
-    """``(farm_id, storage_key, content_type)`` of a capture."""
+@dataclass(frozen=True)
+class CaptureFile:
+    farm_id: int
+    storage_key: str
+    content_type: str
+    photo_deleted_at: datetime | None
+
+
+def capture_file(connection: Connection, capture_id: int) -> CaptureFile | None:
+    """Where a capture's photo is, and whether retention has deleted it."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT farm_id, storage_key, content_type FROM captures WHERE id = %s",
+            "SELECT farm_id, storage_key, content_type, photo_deleted_at"
+            "  FROM captures WHERE id = %s",
             (capture_id,),
         )
         row = cursor.fetchone()
-    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+    return None if row is None else CaptureFile(int(row[0]), *row[1:])
+
+
+def expired_photos(
+    connection: Connection, older_than_days: float, limit: int
+) -> list[tuple[int, str]]:
+    """``(capture_id, storage_key)`` of photos retention may delete, oldest first.
+
+    A photo goes once it is older than ``older_than_days`` and its analysis
+    is settled (``done`` or ``failed``), and only when no younger or unsettled
+    capture has the same file.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.id, c.storage_key FROM captures c"
+            " WHERE c.photo_deleted_at IS NULL"
+            "   AND c.received_at < now() - make_interval(days => 1) * %s"
+            "   AND c.dispatch_state IN ('done', 'failed')"
+            "   AND NOT EXISTS (SELECT 1 FROM captures o"
+            "        WHERE o.storage_key = c.storage_key AND o.id <> c.id"
+            "          AND o.photo_deleted_at IS NULL"
+            "          AND (o.received_at >= now() - make_interval(days => 1) * %s"
+            "               OR o.dispatch_state NOT IN ('done', 'failed')))"
+            " ORDER BY c.received_at LIMIT %s",
+            (older_than_days, older_than_days, limit),
+        )
+        return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
+
+
+def mark_photos_deleted(connection: Connection, capture_ids: Sequence[int]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE captures SET photo_deleted_at = now() WHERE id = ANY(%s)",
+            (list(capture_ids),),
+        )
 
 
 def heatmap(

@@ -29,6 +29,7 @@ from hub.http import HttpServer
 from hub.ingest import IngestLimits, IngestServer
 from hub.metrics import HubMetrics
 from hub.presence import Presence
+from hub.retention import Retention
 from hub.store import DiskImageStore
 from hub.stream import EventStream
 from hub.triage_pool import TriagePool
@@ -72,6 +73,9 @@ class Hub:
             Path(settings.data_dir), min_free_bytes=settings.min_free_bytes
         )
         self.triage = TriagePool(settings.triage_processes)
+        self.retention = Retention(
+            self.database, self.store, settings.photo_retention_days
+        )
         self.users = Users(self.database, admin_user_ids)
         self.stream = EventStream(self.users.viewer)
         self.bus = EventBus(redis_url, self.stream, self.metrics, events_channel)
@@ -141,6 +145,8 @@ class Hub:
         self.ingest_address = ingest.sockets[0].getsockname()[:2]
         self._spawn(self.dispatcher.redispatch_forever(), "redispatch")
         self._spawn(self.presence.watch_forever(), "presence")
+        if self.retention.days > 0:
+            self._spawn(self.retention.run_forever(), "photo-retention")
         logger.info(
             "hub ingest on %s:%s, HTTP on %s:%s",
             *self.ingest_address,

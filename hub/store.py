@@ -3,7 +3,7 @@
 A photo is stored once under the SHA-256 of its bytes, so a retried upload
 finds its file already there. :class:`ImageStore` is the small interface the
 rest of the hub uses; :class:`DiskImageStore` keeps files in the hub's data
-folder, and an object store (S3, MinIO) could implement the same four methods.
+folder, and an object store (S3, MinIO) could implement the same methods.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class ImageStore(Protocol):
     def heatmap(self, key: str, evidence: bytes) -> bytes:
         """A PNG of the photo under ``key`` with an evidence map painted over
         it (:mod:`farmeye.heatmaps`), made once per map and kept."""
+
+    def delete(self, key: str) -> None:
+        """Remove the photo under ``key`` and all made from it; gone is fine."""
 
 
 def content_key(data: bytes) -> str:
@@ -141,6 +144,12 @@ class DiskImageStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+        (self.thumbnails_dir / key[:2] / f"{key}.jpg").unlink(missing_ok=True)
+        for painted in (self.heatmaps_dir / key[:2]).glob(f"{key}-*.png"):
+            painted.unlink(missing_ok=True)
 
     def heatmap(self, key: str, evidence: bytes) -> bytes:
         tag = hashlib.sha256(evidence).hexdigest()[:16]
