@@ -94,6 +94,16 @@ class HubMetrics:
         self.alerts = Counter(
             "farmeye_hub_alerts", "Alerts raised, by label.", ["label"], registry=r
         )
+        self.disk_free_bytes = Gauge(
+            "farmeye_hub_disk_free_bytes",
+            "Bytes free on the disk of the photo store.",
+            registry=r,
+        )
+        self.photos_deleted = Counter(
+            "farmeye_hub_photos_deleted",
+            "Photos deleted by retention.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""

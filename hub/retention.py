@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import Counter
+
 from hub import repository
 from hub.database import Database
 from hub.store import ImageStore
@@ -36,11 +38,13 @@ class Retention:
         database: Database,
         store: ImageStore,
         days: float,
+        deleted: Counter | None = None,
         interval_s: float = ROUND_INTERVAL_S,
     ) -> None:
         self.database = database
         self.store = store
         self.days = days
+        self.deleted = deleted
         self.interval_s = interval_s
 
     async def run_forever(self) -> None:
@@ -67,6 +71,8 @@ class Retention:
                 repository.mark_photos_deleted, [capture for capture, _ in expired]
             )
             deleted += len(expired)
+            if self.deleted is not None:
+                self.deleted.inc(len(expired))
             if len(expired) < BATCH:
                 break
         if deleted:

@@ -73,8 +73,12 @@ class Hub:
             Path(settings.data_dir), min_free_bytes=settings.min_free_bytes
         )
         self.triage = TriagePool(settings.triage_processes)
+        self.metrics.disk_free_bytes.set_function(self.store.free_bytes)
         self.retention = Retention(
-            self.database, self.store, settings.photo_retention_days
+            self.database,
+            self.store,
+            settings.photo_retention_days,
+            self.metrics.photos_deleted,
         )
         self.users = Users(self.database, admin_user_ids)
         self.stream = EventStream(self.users.viewer)

@@ -63,7 +63,10 @@ def test_old_settled_photos_are_deleted_and_answer_410(
                 for kind in ("image", "thumbnail")
             ]
             _, _, body = await http_get(hub, base, token)
+            metrics = (await http_get(hub, "/metrics"))[2].decode()
         assert json.loads(body)["id"] == ids["old"]
+        assert "farmeye_hub_photos_deleted_total 1.0" in metrics
+        assert "farmeye_hub_disk_free_bytes " in metrics
         return [before, *statuses], ids, first, second
 
     statuses, ids, first, second = asyncio.run(scenario())
