@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import ssl
 from collections.abc import Coroutine
@@ -30,7 +31,7 @@ from hub.ingest import IngestLimits, IngestServer
 from hub.metrics import HubMetrics
 from hub.presence import Presence
 from hub.retention import Retention
-from hub.store import DiskImageStore
+from hub.store import DiskImageStore, StoreError
 from hub.stream import EventStream
 from hub.triage_pool import TriagePool
 from hub.uploads import UploadPipeline
@@ -73,7 +74,7 @@ class Hub:
             Path(settings.data_dir), min_free_bytes=settings.min_free_bytes
         )
         self.triage = TriagePool(settings.triage_processes)
-        self.metrics.disk_free_bytes.set_function(self.store.free_bytes)
+        self.metrics.disk_free_bytes.set_function(self._disk_free_bytes)
         self.retention = Retention(
             self.database,
             self.store,
@@ -178,16 +179,26 @@ class Hub:
         await loop.run_in_executor(None, self.database.close)
         logger.info("hub stopped")
 
+    def _disk_free_bytes(self) -> float:
+        try:
+            return float(self.store.free_bytes())
+        except StoreError:
+            return math.nan
+
     async def health(self) -> dict[str, Any]:
         """What ``GET /healthz`` reports: each dependency ok or not."""
         loop = asyncio.get_running_loop()
-        space_problem = await loop.run_in_executor(None, self.store.space_problem)
+        try:
+            space_problem = await loop.run_in_executor(None, self.store.space_problem)
+            disk = "ok" if space_problem is None else f"full: {space_problem}"
+        except StoreError as exc:
+            disk = f"unreadable: {exc}"
         checks = {
             "database": await _check(self.database.run(repository.ping)),
             "redis": "ok" if self.bus.relaying else "unreachable",
-            "disk": "ok" if space_problem is None else f"full: {space_problem}",
+            "disk": disk,
         }
-        ok = checks["database"] == "ok" and space_problem is None
+        ok = checks["database"] == "ok" and disk == "ok"
         return {
             "status": "ok" if ok else "degraded",
             "checks": checks,

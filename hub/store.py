@@ -112,28 +112,33 @@ class DiskImageStore:
 
     def free_bytes(self) -> int:
         """Bytes free on the disk that holds the photos."""
-        return shutil.disk_usage(self.images_dir).free
+        try:
+            return shutil.disk_usage(self.images_dir).free
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read the free space under {self.images_dir}: {exc}"
+            ) from exc
 
-    def space_problem(self) -> str | None:
-        """Why new photos are refused for lack of space, or None."""
-        free = self.free_bytes()
-        if free >= self.min_free_bytes:
-            return None
-        return f"{free} bytes free under {self.images_dir}, {self.min_free_bytes} kept"
-
-    def _make_room(self, size: int) -> None:
+    def space_problem(self, size: int = 0) -> str | None:
+        """Why a new photo of ``size`` bytes would be refused for lack of
+        space, or None."""
         if not self.min_free_bytes:
-            return
+            return None
         free = self.free_bytes()
         if free - size >= self.min_free_bytes:
+            return None
+        return (
+            f"{free} bytes free under {self.images_dir}, "
+            f"where {self.min_free_bytes} are kept free"
+        )
+
+    def _make_room(self, size: int) -> None:
+        problem = self.space_problem(size)
+        if problem is None:
             if self._refusing:
-                logger.info("taking photos again: %d bytes free", free)
+                logger.info("taking photos again: the disk has room")
                 self._refusing = False
             return
-        problem = (
-            f"{free} bytes free under {self.images_dir}; a photo of {size} bytes "
-            f"would leave less than the {self.min_free_bytes} kept free"
-        )
         if not self._refusing:
             logger.error("refusing new photos: %s", problem)
             self._refusing = True

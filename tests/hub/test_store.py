@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
-from hub.store import DiskImageStore, StoreFull
+from hub.store import DiskImageStore, StoreError, StoreFull
 from tests.hub.support import photo
 
 
@@ -62,3 +63,18 @@ def test_put_keeps_the_free_space_reserve(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.rglob("*.jpg")] == [f"{key}.jpg"]
     assert not any(p.name.endswith(".part") for p in tmp_path.rglob("*"))
     assert DiskImageStore(tmp_path, min_free_bytes=1).space_problem() is None
+
+
+def test_a_store_whose_folder_vanished_refuses_with_a_store_error(
+    tmp_path: Path,
+) -> None:
+    """With the photo folder gone (a disk unmounted under the hub), the
+    free-space check fails as a StoreError, which uploads turn into a
+    retryable refusal, not as a bare OSError."""
+    store = DiskImageStore(tmp_path, min_free_bytes=1)
+    shutil.rmtree(store.images_dir)
+
+    with pytest.raises(StoreError, match="cannot read the free space"):
+        store.put(photo(5))
+    with pytest.raises(StoreError, match="cannot read the free space"):
+        store.space_problem()
