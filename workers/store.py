@@ -80,7 +80,7 @@ WITH capture AS (
            AS analysed
       FROM captures c WHERE c.id = %(capture_id)s FOR UPDATE
 ), returned AS (
-    UPDATE captures c SET dispatch_state = 'pending'
+    UPDATE captures c SET dispatch_state = 'pending', dispatch_claimed_until = NULL
       FROM capture
      WHERE c.id = capture.id AND NOT capture.analysed
        AND c.dispatch_state = 'queued'

@@ -242,10 +242,13 @@ def test_photo_leaves_redis_once_its_analysis_is_stored(cluster: Cluster):
 
 
 def test_task_whose_photo_is_gone_hands_the_capture_back(cluster: Cluster):
-    """No photo in Redis: the capture goes back to pending for the hub to resend,
-    unless it is analysed already (a redelivery), which stays as it is."""
+    """No photo in Redis: the capture goes back to pending for the hub to resend
+    at once (any claim a re-sending hub held on it is lifted), unless it is
+    analysed already (a redelivery), which stays as it is."""
     photo = synthetic_photo(540)
     lost, analysed = cluster.farm.add_captures([photo, photo])
+    claim = "UPDATE captures SET dispatch_claimed_until = now() + interval '1 h'"
+    query(cluster.database_url, claim + " WHERE id = %s RETURNING id", lost)
     first = cluster.sender.send(analysed, photo)
     wait_until(lambda: settled(cluster.redis_url, [first]), what="the first task")
 
@@ -263,6 +266,12 @@ def test_task_whose_photo_is_gone_hands_the_capture_back(cluster: Cluster):
         )
     )
     assert states == {lost: "pending", analysed: "done"}
+    claimed = query(
+        cluster.database_url,
+        "SELECT dispatch_claimed_until FROM captures WHERE id = %s",
+        lost,
+    )
+    assert claimed == [(None,)]
     assert analyses(cluster.database_url, [lost]) == []
     assert len(analyses(cluster.database_url, [analysed])) == 1
 
