@@ -65,10 +65,11 @@ class EventBus:
         """Build, validate and publish an event; None if it was invalid (a bug)."""
         try:
             event = make_event(type, **fields)
+            message = encode_event(event, validate=False)
         except ValueError:
             logger.exception("hub built an invalid %s event", type)
             return None
-        await self._send(event, _compact_json(event))
+        await self._send(event, message)
         return event
 
     async def publish(self, event: Mapping[str, Any]) -> None:
@@ -140,12 +141,6 @@ class EventBus:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-def _compact_json(event: Mapping[str, Any]) -> bytes:
-    """The bytes of an event already validated by make_event."""
-    text = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8")
 
 
 def parse_relayed(data: bytes) -> dict[str, Any]:

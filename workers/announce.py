@@ -39,7 +39,9 @@ class Announcer:
 
     def announce(self, analyses: Sequence[StoredAnalysis]) -> int:
         """Publish one event per analysis; returns how many went out."""
-        messages = [encode_event(analysis_event(item)) for item in analyses]
+        messages = [
+            encode_event(analysis_event(item), validate=False) for item in analyses
+        ]
         if not messages:
             return 0
         deadline_s = time.monotonic() + RETRY_WINDOW_S

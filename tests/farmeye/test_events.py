@@ -121,10 +121,19 @@ def test_decode_event_accepts_text() -> None:
     assert events.decode_event(events.encode_event(event).decode()) == event
 
 
-def test_encode_event_refuses_oversized_events() -> None:
-    """Events over MAX_EVENT_BYTES are refused so clients never get huge messages."""
+@pytest.mark.parametrize("validate", [True, False])
+def test_encode_event_refuses_oversized_events(validate: bool) -> None:
+    """Events over MAX_EVENT_BYTES are refused so clients never get huge
+    messages, also when the schema check is skipped."""
+    event = triage_event(note="x" * events.MAX_EVENT_BYTES)
     with pytest.raises(ValueError, match="over"):
-        events.encode_event(triage_event(note="x" * events.MAX_EVENT_BYTES))
+        events.encode_event(event, validate=validate)
+
+
+def test_encode_event_can_skip_the_check_of_a_fresh_event() -> None:
+    """validate=False gives the same bytes as the checked encoding."""
+    event = triage_event()
+    assert events.encode_event(event, validate=False) == events.encode_event(event)
 
 
 def test_encode_event_checks_hand_built_events() -> None:
