@@ -18,6 +18,7 @@ from farmeye import __version__
 
 COMMANDS: dict[str, str] = {
     "agent": "farmeye.commands.agent:agent",
+    "analyses": "farmeye.commands.analyses:analyses",
     "db": "farmeye.commands.db:db",
     "devices": "farmeye.commands.admin:devices",
     "diagnose": "farmeye.commands.models:diagnose",

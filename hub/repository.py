@@ -344,6 +344,74 @@ def mark_dispatch_failed(connection: Connection, capture_id: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RetryOutcome:
+    """What :func:`retry_failed_captures` did with the captures it was given."""
+
+    retried: dict[int, str | None]
+    """Capture id -> the error of the failed analysis it had, if any."""
+    refused: dict[int, str]
+    """Capture id -> why it was left alone."""
+
+
+_RETRY_SQL = """
+WITH target AS (
+    SELECT id FROM captures
+     WHERE dispatch_state = 'failed' AND photo_deleted_at IS NULL
+       AND (%(every)s OR id = ANY(%(ids)s))
+       FOR UPDATE
+), cleared AS (
+    DELETE FROM analyses a USING target t
+     WHERE a.capture_id = t.id AND a.status = 'failed'
+ RETURNING a.capture_id, a.error
+), moved AS (
+    UPDATE captures c SET dispatch_state = 'pending', dispatch_claimed_until = NULL
+      FROM target t WHERE c.id = t.id
+ RETURNING c.id
+)
+SELECT m.id, (SELECT string_agg(x.error, '; ') FROM cleared x
+               WHERE x.capture_id = m.id)
+  FROM moved m ORDER BY m.id
+"""
+
+
+def retry_failed_captures(
+    connection: Connection, capture_ids: Sequence[int] | None
+) -> RetryOutcome:
+    """Send failed captures back to pending, for the hubs to queue again.
+
+    Their failed analyses are deleted (an analysis is unique per capture and
+    model version, so the old row would keep the new one out). ``None``
+    retries every failed capture whose photo is still on the hub.
+    """
+    ids = sorted(set(capture_ids or ()))
+    with connection.cursor() as cursor:
+        cursor.execute(_RETRY_SQL, {"every": capture_ids is None, "ids": ids})
+        retried = {int(row[0]): row[1] for row in cursor.fetchall()}
+        left = [capture_id for capture_id in ids if capture_id not in retried]
+        cursor.execute(
+            "SELECT id, dispatch_state, photo_deleted_at FROM captures"
+            " WHERE id = ANY(%s)",
+            (left,),
+        )
+        found = {int(row[0]): row[1:] for row in cursor.fetchall()}
+    refused = {
+        capture_id: _not_retried(*found[capture_id])
+        if capture_id in found
+        else "no such capture"
+        for capture_id in left
+    }
+    return RetryOutcome(retried, refused)
+
+
+def _not_retried(state: str, photo_deleted_at: datetime | None) -> str:
+    if photo_deleted_at is not None:
+        return f"its photo was deleted on {photo_deleted_at:%Y-%m-%d} (retention)"
+    if state == "done":
+        return "its analysis is done"
+    return "it is waiting for its analysis already"
+
+
 def claim_pending_captures(
     connection: Connection, older_than_s: float, limit: int, lease_s: float
 ) -> list[PendingCapture]:
