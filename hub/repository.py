@@ -595,29 +595,38 @@ def capture_file(connection: Connection, capture_id: int) -> CaptureFile | None:
     return None if row is None else CaptureFile(int(row[0]), *row[1:])
 
 
+_EXPIRED_SQL = """
+WITH cutoff AS (SELECT now() - make_interval(days => 1) * %(days)s AS t)
+SELECT c.id, c.storage_key FROM captures c, cutoff
+ WHERE c.photo_deleted_at IS NULL
+   AND c.received_at < cutoff.t
+   AND c.dispatch_state IN ('done', 'failed')
+   AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.capture_id = c.id)
+   AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.capture_id = c.id)
+   AND NOT EXISTS (
+       SELECT 1 FROM captures o
+        WHERE o.storage_key = c.storage_key AND o.id <> c.id
+          AND o.photo_deleted_at IS NULL
+          AND (o.received_at >= cutoff.t
+               OR o.dispatch_state NOT IN ('done', 'failed')
+               OR EXISTS (SELECT 1 FROM feedback f WHERE f.capture_id = o.id)
+               OR EXISTS (SELECT 1 FROM alerts a WHERE a.capture_id = o.id)))
+ ORDER BY c.received_at LIMIT %(limit)s
+"""
+
+
 def expired_photos(
     connection: Connection, older_than_days: float, limit: int
 ) -> list[tuple[int, str]]:
     """``(capture_id, storage_key)`` of photos retention may delete, oldest first.
 
     A photo goes once it is older than ``older_than_days`` and its analysis
-    is settled (``done`` or ``failed``), and only when no younger or unsettled
-    capture has the same file.
+    is settled (``done`` or ``failed``), unless a user gave feedback on it or
+    an alert names it, and only when no capture that keeps the same file
+    (younger, unsettled, with feedback or an alert) shares it.
     """
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.id, c.storage_key FROM captures c"
-            " WHERE c.photo_deleted_at IS NULL"
-            "   AND c.received_at < now() - make_interval(days => 1) * %s"
-            "   AND c.dispatch_state IN ('done', 'failed')"
-            "   AND NOT EXISTS (SELECT 1 FROM captures o"
-            "        WHERE o.storage_key = c.storage_key AND o.id <> c.id"
-            "          AND o.photo_deleted_at IS NULL"
-            "          AND (o.received_at >= now() - make_interval(days => 1) * %s"
-            "               OR o.dispatch_state NOT IN ('done', 'failed')))"
-            " ORDER BY c.received_at LIMIT %s",
-            (older_than_days, older_than_days, limit),
-        )
+        cursor.execute(_EXPIRED_SQL, {"days": older_than_days, "limit": limit})
         return [(int(row[0]), str(row[1])) for row in cursor.fetchall()]
 
 

@@ -31,14 +31,29 @@ def age(db_url: str, capture_id: int, days: int, state: str) -> None:
     )
 
 
+def keep_evidence(db_url: str, farm_id: int, ids: dict[str, int], copy: int) -> None:
+    """Feedback on one photo, an alert naming another, and one on a second
+    capture (``copy``) of the ``evidence`` photo."""
+    feedback = "INSERT INTO feedback (capture_id, label) VALUES (%s, 'healthy')"
+    sql(db_url, feedback, ids["feedback"])
+    alert = (
+        "INSERT INTO alerts (farm_id, capture_id, label, level, message)"
+        " VALUES (%s, %s, 'coccidiosis', 'warning', 'three sick photos')"
+    )
+    sql(db_url, alert, farm_id, ids["alerted"])
+    sql(db_url, alert, farm_id, copy)
+
+
 def test_old_settled_photos_are_deleted_and_answer_410(
     tmp_path: Path, db_url: str, redis_db_url: str
 ) -> None:
     """Only a photo past its time, analysed, and needed by no other capture
-    goes; its row stays, its image answers 410, and a second round is idle."""
+    goes; its row stays, its image answers 410, and a second round is idle.
+    Photos with feedback (training data) or named by an alert (its evidence)
+    stay, and so does a file one of them shares."""
     camera, other = add_camera(db_url), add_camera(db_url)
     token = add_user(db_url, "ann", "farm-a")
-    names = ["old", "pending", "new", "shared"]
+    names = ["old", "pending", "new", "shared", "feedback", "alerted", "evidence"]
     photos = {name: photo(seed) for seed, name in enumerate(names)}
     settings = hub_settings(tmp_path, photo_retention_days=30)
 
@@ -50,10 +65,15 @@ def test_old_settled_photos_are_deleted_and_answer_410(
                     ids[name] = (await client.upload(data)).capture_id
             async with client_for(hub, other) as client:
                 await client.upload(photos["shared"])  # a recent capture of it
+                copy = (await client.upload(photos["evidence"])).capture_id
             age(db_url, ids["old"], 40, "done")
             age(db_url, ids["pending"], 40, "pending")
             age(db_url, ids["new"], 2, "done")
             age(db_url, ids["shared"], 40, "failed")
+            for name in ("feedback", "alerted", "evidence"):
+                age(db_url, ids[name], 40, "done")
+            age(db_url, copy, 40, "done")
+            keep_evidence(db_url, camera.farm_id, ids, copy)
             base = f"/api/captures/{ids['old']}"
             before = (await http_get(hub, f"{base}/thumbnail", token))[0]
             first = await hub.retention.run_once()
@@ -78,7 +98,7 @@ def test_old_settled_photos_are_deleted_and_answer_410(
         for name, data in photos.items()
         if store.exists(hashlib.sha256(data).hexdigest())
     }
-    assert kept == {"pending", "new", "shared"}
+    assert kept == {"pending", "new", "shared", "feedback", "alerted", "evidence"}
     assert not list(store.thumbnails_dir.rglob("*.jpg"))
     deleted = sql(db_url, "SELECT id FROM captures WHERE photo_deleted_at IS NOT NULL")
     assert deleted == [(ids["old"],)]
