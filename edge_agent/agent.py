@@ -56,7 +56,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.spool = Spool(config.spool_path, config.spool.quota_bytes)
+        self.spool = Spool(
+            config.spool_path, config.spool.quota_bytes, config.spool.min_free_bytes
+        )
         self.async_spool = AsyncSpool(self.spool)
         self.camera_status = CameraStatus()
         self.camera: Camera = make_camera(config.camera)

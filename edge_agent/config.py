@@ -208,6 +208,14 @@ class SpoolConfig(_Section):
         ge=10_000,
         description="Most bytes the spool may hold; past it the oldest photos go.",
     )
+    min_free_bytes: int = Field(
+        default=100_000_000,
+        ge=0,
+        description=(
+            "Free disk space the spool leaves for the system; "
+            "below it the oldest photos go."
+        ),
+    )
 
 
 class HealthConfig(_Section):

@@ -13,10 +13,12 @@ entry is either complete or absent. The name carries the photo's sha256 and
 every read checks it, so a file torn by a failing SD card is never sent as a
 photo; it is moved to ``quarantine/`` with a WARNING and the rest carry on.
 
-The spool is bounded by ``quota_bytes``. When a new photo does not fit, the
-oldest photos are deleted until it does; the newest photo is always kept.
-Each deleted photo is counted in :attr:`Spool.dropped` and reported to the hub
-in the health frames.
+The spool is bounded by ``quota_bytes``, and by the disk: it never fills the
+file system past ``min_free_bytes`` of free space, which the system and its
+logs need more than an old photo. When a new photo does not fit, the oldest
+photos are deleted until it does; the newest photo is always kept. Each
+deleted photo is counted in :attr:`Spool.dropped` and reported to the hub in
+the health frames.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,9 +92,11 @@ class SpooledPhoto:
 class Spool:
     """The spool folder; not thread-safe, call it from one thread at a time."""
 
-    def __init__(self, path: Path, quota_bytes: int) -> None:
+    def __init__(self, path: Path, quota_bytes: int, min_free_bytes: int = 0) -> None:
         self.path = path
         self.quota_bytes = quota_bytes
+        self.min_free_bytes = min_free_bytes
+        """Free space on the spool's file system that photos may not take."""
         self.entries_dir = path / "entries"
         self.tmp_dir = path / "tmp"
         self.quarantine_dir = path / "quarantine"
@@ -225,17 +230,33 @@ class Spool:
         )
 
     def _make_room(self, incoming_bytes: int) -> None:
-        """Drop the oldest photos until ``incoming_bytes`` fit under the quota."""
-        while self._order and self._bytes + incoming_bytes > self.quota_bytes:
+        """Drop the oldest photos until ``incoming_bytes`` fit under the limit."""
+        limit_bytes, limit = self._limit()
+        while self._order and self._bytes + incoming_bytes > limit_bytes:
             oldest = self._entries[self._order[0]]
             self.remove(oldest)
             self.dropped += 1
             logger.warning(
-                "spool is full (quota %s bytes): dropped unsent photo %s taken at %s",
-                self.quota_bytes,
+                "spool is full (%s): dropped unsent photo %s taken at %s",
+                limit,
                 oldest.name,
                 oldest.captured_at.isoformat(),
             )
+
+    def _limit(self) -> tuple[int, str]:
+        """The most bytes the spool may hold now, and what sets it."""
+        quota = (self.quota_bytes, f"quota {self.quota_bytes} bytes")
+        try:
+            free_bytes = shutil.disk_usage(self.entries_dir).free
+        except OSError:
+            return quota  # the write that follows will say what is wrong
+        room_bytes = self._bytes + free_bytes - self.min_free_bytes
+        if room_bytes >= self.quota_bytes:
+            return quota
+        return room_bytes, (
+            f"{free_bytes} bytes free on its disk, "
+            f"{self.min_free_bytes} kept free (spool.min_free_bytes)"
+        )
 
     # Reading and removing
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +110,37 @@ def test_full_spool_drops_oldest_and_keeps_newest(
     assert spool.dropped == 3
     assert spool.size_bytes <= spool.quota_bytes
     assert sum("spool is full" in m for m in caplog.messages) == 3
+
+
+def test_spool_keeps_min_free_bytes_of_its_disk_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quota larger than the SD card drops the oldest photos at the disk's
+    reserve instead of failing every write once the card is full."""
+    size = len(photo(0))
+    reserve = 50_000_000
+    card = {"free": reserve + size * 2 + size // 2}  # room for two photos
+
+    real_usage = shutil.disk_usage
+
+    def usage(path: os.PathLike[str] | str) -> Any:
+        return real_usage(path)._replace(free=card["free"])
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    spool = Spool(tmp_path, quota_bytes=10**12, min_free_bytes=reserve)
+    spool.open()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.spool"):
+        entries = []
+        for seed in range(5):
+            entry = spool.put(photo(seed), NOW)
+            assert entry is not None
+            entries.append(entry)
+            card["free"] = reserve + size * 2 + size // 2 - spool.size_bytes
+
+    kept = [entry.sha256 for entry in spool.entries()]
+    assert kept == [entry.sha256 for entry in entries[-2:]]
+    assert spool.dropped == 3
+    assert sum("spool.min_free_bytes" in m for m in caplog.messages) == 3
 
 
 def test_photo_larger_than_quota_is_still_kept(tmp_path: Path) -> None:
