@@ -109,11 +109,23 @@ def test_site_imports_every_other_playbook() -> None:
     assert imported == others
 
 
-def test_workers_roll_in_batches_and_stop_on_failure() -> None:
-    """workers.yml restarts one batch at a time and stops at the first failure."""
-    (play,) = ansible_tree.load_yaml(ANSIBLE_DIR / "workers.yml")
+@pytest.mark.parametrize("playbook", ["workers.yml", "hubs.yml"])
+def test_servers_roll_in_batches_and_stop_on_failure(playbook: str) -> None:
+    """Workers and hubs restart one batch at a time and stop at the first failure."""
+    (play,) = ansible_tree.load_yaml(ANSIBLE_DIR / playbook)
     assert "serial" in play
     assert play["max_fail_percentage"] == 0
+
+
+def test_restarted_hub_must_answer_before_the_roll_goes_on() -> None:
+    """The hub's restart handler hands over to a health check of that hub."""
+    handlers = ansible_tree.load_yaml(
+        ANSIBLE_DIR / "roles" / "farmeye_hub" / "handlers" / "main.yml"
+    )
+    restart, wait = handlers
+    assert restart["notify"] == wait["name"]
+    assert wait["ansible.builtin.uri"]["url"].endswith("/healthz")
+    assert "farmeye_hub_start_timeout_s" in wait["retries"]
 
 
 # Role variables
