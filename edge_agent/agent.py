@@ -23,11 +23,13 @@ import json
 import logging
 import re
 import signal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edge_agent import systemd
 from edge_agent.cameras import Camera, CameraError, Photo, make_camera
+from edge_agent.clock import HubClock
 from edge_agent.config import AgentConfig
 from edge_agent.display import (
     Display,
@@ -37,7 +39,7 @@ from edge_agent.display import (
 )
 from edge_agent.health import CameraStatus, HealthReporter
 from edge_agent.local_triage import LocalTriage
-from edge_agent.schedule import Schedule, Scheduler, SimilarFrameFilter
+from edge_agent.schedule import Schedule, Scheduler, SimilarFrameFilter, utc_now
 from edge_agent.spool import AsyncSpool, Spool
 from edge_agent.uploader import Uploader
 from farmeye.device_client import Welcome
@@ -54,12 +56,18 @@ META_TEXT_CHARS = 200
 class Agent:
     """One camera's agent; build it, then ``await agent.run(stop)``."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: HubClock | None = None) -> None:
+        """``clock`` replaces the :class:`HubClock` on the Pi's own clocks."""
         self.config = config
         self.spool = Spool(
             config.spool_path, config.spool.quota_bytes, config.spool.min_free_bytes
         )
         self.async_spool = AsyncSpool(self.spool)
+        if not config.hub.clock_from_hub:
+            clock = None
+        elif clock is None:
+            clock = HubClock()
+        self.clock = clock
         self.camera_status = CameraStatus()
         self.camera: Camera = make_camera(config.camera)
         self._camera_open = False
@@ -67,13 +75,15 @@ class Agent:
             self._initial_schedule(),
             self.capture,
             on_schedule_change=self._save_schedule,
+            clock=self.clock.now if self.clock is not None else utc_now,
         )
         self.uploader = Uploader(
             config,
             self.async_spool,
-            HealthReporter(self.spool, self.camera_status),
+            HealthReporter(self.spool, self.camera_status, self.clock),
             on_command=self.scheduler.handle_command,
             on_welcome=self._welcome,
+            clock=self.clock,
         )
         self.similar = (
             SimilarFrameFilter(
@@ -133,11 +143,17 @@ class Agent:
         if photo is None:
             return
         extra: dict[str, Any] = {"meta": {**_clean_meta(photo.meta), "reason": reason}}
+        captured_at = photo.captured_at
+        if self.clock is not None:
+            captured_at = self.clock.convert(captured_at)
+            stamp = self.clock.stamp()
+            if stamp is not None:
+                extra["clock"] = stamp
         if self.triage is not None:
             verdict = await asyncio.to_thread(self.triage.verdict, photo.data)
             if verdict is not None:
                 extra["triage"] = verdict
-        await self._spool(photo, extra)
+        await self._spool(photo, captured_at, extra)
 
     def _take(self, reason: str) -> Photo | None:
         """Runs in a worker thread: the camera and the hash block."""
@@ -167,18 +183,20 @@ class Agent:
         with contextlib.suppress(Exception):
             self.camera.close()
 
-    async def _spool(self, photo: Photo, extra: dict[str, Any]) -> None:
+    async def _spool(
+        self, photo: Photo, captured_at: datetime, extra: dict[str, Any]
+    ) -> None:
         dropped_before = self.spool.dropped
         try:
             await self.async_spool.put(
-                photo.data, photo.captured_at, photo.content_type, extra
+                photo.data, captured_at, photo.content_type, extra
             )
         except OSError:
             logger.exception("could not spool a photo; it is lost")
             return
         photo.release()
         self.captured += 1
-        self.camera_status.last_capture_at = photo.captured_at
+        self.camera_status.last_capture_at = captured_at
         self.uploader.notify()
         if self.spool.dropped != dropped_before:
             self.uploader.request_health()

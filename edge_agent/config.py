@@ -59,6 +59,11 @@ class HubConfig(_Section):
         description="PEM file of the CA that signed the hub's certificate "
         "(default: the system's CAs).",
     )
+    clock_from_hub: bool = Field(
+        default=True,
+        description="Ask the hub for its clock at each handshake and time photos "
+        "by it when the camera's clock is off (turn off only for an older hub).",
+    )
 
 
 class UploaderConfig(_Section):

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from edge_agent.clock import HubClock
 from edge_agent.spool import Spool
 from farmeye import __version__
 
@@ -56,9 +57,12 @@ class CameraStatus:
 class HealthReporter:
     """Builds health reports from the spool, the camera and the platform."""
 
-    def __init__(self, spool: Spool, camera: CameraStatus) -> None:
+    def __init__(
+        self, spool: Spool, camera: CameraStatus, clock: HubClock | None = None
+    ) -> None:
         self.spool = spool
         self.camera = camera
+        self.clock = clock
         self._started_s = time.monotonic()
         self._vcgencmd = shutil.which("vcgencmd")
 
@@ -75,6 +79,8 @@ class HealthReporter:
         }
         if self.camera.last_capture_at is not None:
             fields["last_capture_at"] = self.camera.last_capture_at
+        if self.clock is not None and self.clock.offset_s is not None:
+            fields["clock_offset_s"] = round(self.clock.offset_s, 3)
         fields.update(self._platform())
         throttled = await self._throttled()
         if throttled is not None:

@@ -25,6 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
+from edge_agent.clock import HubClock
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.health import AGENT_VERSION, HealthReporter
 from edge_agent.spool import AsyncSpool, Entry
@@ -89,9 +90,12 @@ class Uploader:
         *,
         on_command: CommandHandler | None = None,
         on_welcome: WelcomeHandler | None = None,
+        clock: HubClock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.clock = clock
+        """Set from each handshake, and re-times photos spooled before one."""
         self.spool = spool
         self.health = health
         self.on_command = on_command
@@ -147,6 +151,7 @@ class Uploader:
             agent_version=AGENT_VERSION,
             timeout_s=self.config.uploader.ack_timeout_s,
             on_command=self.on_command,
+            sync_clock=self.clock is not None,
         )
         self.attempts += 1
         logger.info("connecting to hub %s:%s", self.host, self.port)
@@ -170,6 +175,8 @@ class Uploader:
             welcome.device_id,
             welcome.coop_id,
         )
+        if self.clock is not None and welcome.hub_time is not None:
+            self.clock.sync(welcome.hub_time)
         if self.on_welcome is not None:
             self.on_welcome(welcome)
         try:
@@ -268,10 +275,13 @@ class Uploader:
     async def _send(
         self, client: DeviceClient, entry: Entry, data: bytes, extra: dict[str, Any]
     ) -> Ack:
+        captured_at = entry.captured_at
+        if self.clock is not None:
+            captured_at = self.clock.restamp(captured_at, extra.get("clock"))
         try:
             return await client.upload(
                 data,
-                captured_at=entry.captured_at,
+                captured_at=captured_at,
                 content_type=entry.content_type,
                 meta=extra.get("meta"),
                 triage=extra.get("triage"),
@@ -279,7 +289,7 @@ class Uploader:
         except protocol.ProtocolError as exc:
             logger.warning("sending %s without meta and triage: %s", entry.name, exc)
             return await client.upload(
-                data, captured_at=entry.captured_at, content_type=entry.content_type
+                data, captured_at=captured_at, content_type=entry.content_type
             )
 
     # Health

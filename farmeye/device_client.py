@@ -15,9 +15,10 @@ import inspect
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from farmeye import __version__, protocol
@@ -59,6 +60,17 @@ class Welcome:
     coop_id: int | str
     farm_id: int | str
     schedule: dict[str, Any] | None = None
+    hub_time: datetime | None = None
+    """The hub's clock when auth_ok arrived, if the client asked for it
+    (``sync_clock``): the ``hub_time`` it carried plus half the round trip of
+    the auth exchange."""
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        """The hub's clock minus this machine's, as of now."""
+        if self.hub_time is None:
+            return None
+        return (self.hub_time - datetime.now(UTC)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class DeviceClient:
         agent_version: str = f"farmeye/{__version__}",
         timeout_s: float = 30.0,
         on_command: CommandHandler | None = None,
+        sync_clock: bool = False,
     ) -> None:
         self.credentials = credentials
         self.host = host
@@ -111,6 +124,8 @@ class DeviceClient:
         self.agent_version = agent_version
         self.timeout_s = timeout_s
         self.on_command = on_command
+        self.sync_clock = sync_clock
+        """Ask for the hub's clock (needs a hub that knows ``hub_time``)."""
         self.welcome: Welcome | None = None
         self._ids = itertools.count(1)
         self._pending = _Pending()
@@ -144,18 +159,25 @@ class DeviceClient:
 
     async def _handshake(self) -> Welcome:
         device_id = self.credentials.device_id
-        await self._send(protocol.hello(device_id, self.agent_version))
+        features = [protocol.HUB_TIME] if self.sync_clock else []
+        await self._send(protocol.hello(device_id, self.agent_version, features))
         challenge = await self._expect("challenge")
         answer = self.credentials.answer(
             challenge["nonce"], challenge["salt"], challenge["iterations"]
         )
+        sent_s = time.monotonic()
         await self._send(protocol.auth(device_id, answer))
         accepted = await self._expect("auth_ok")
+        hub_time = None
+        if "hub_time" in accepted:
+            half_trip = timedelta(seconds=(time.monotonic() - sent_s) / 2)
+            hub_time = datetime.fromisoformat(accepted["hub_time"]) + half_trip
         return Welcome(
             device_id=accepted["device_id"],
             coop_id=accepted["coop_id"],
             farm_id=accepted["farm_id"],
             schedule=accepted.get("schedule"),
+            hub_time=hub_time,
         )
 
     async def _expect(self, kind: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -567,9 +567,23 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
 # Message constructors: each returns a header dict; encode() validates it.
 
 
-def hello(device_id: str, agent_version: str) -> dict[str, Any]:
-    """First frame from a device: who it is and which agent it runs."""
-    return {"type": "hello", "device_id": device_id, "agent_version": agent_version}
+HUB_TIME: Final = "hub_time"
+"""Feature a device names in hello to get the hub's clock in auth_ok."""
+
+
+def hello(
+    device_id: str, agent_version: str, features: Sequence[str] = ()
+) -> dict[str, Any]:
+    """First frame from a device: who it is, which agent it runs, and which
+    optional parts of the protocol it understands."""
+    header: dict[str, Any] = {
+        "type": "hello",
+        "device_id": device_id,
+        "agent_version": agent_version,
+    }
+    if features:
+        header["features"] = list(features)
+    return header
 
 
 def challenge(nonce: str, salt: str, iterations: int) -> dict[str, Any]:
@@ -587,8 +601,10 @@ def auth_ok(
     coop_id: int | str,
     farm_id: int | str,
     schedule: Mapping[str, Any] | None = None,
+    hub_time: datetime | None = None,
 ) -> dict[str, Any]:
-    """Hub accepts the device; ``schedule`` (see set_schedule) replaces its own."""
+    """Hub accepts the device; ``schedule`` (see set_schedule) replaces its own,
+    and ``hub_time`` is the hub's clock, for a device that asked for it."""
     header: dict[str, Any] = {
         "type": "auth_ok",
         "device_id": device_id,
@@ -597,6 +613,8 @@ def auth_ok(
     }
     if schedule is not None:
         header["schedule"] = dict(schedule)
+    if hub_time is not None:
+        header["hub_time"] = format_time(hub_time)
     return header
 
 
@@ -673,7 +691,7 @@ def health(**fields: Any) -> dict[str, Any]:
     Fields: ``uptime_s``, ``spool_depth``, ``spool_bytes``, ``disk_free_bytes``,
     ``memory_free_bytes``, ``load_1m``, ``cpu_temp_c``, ``throttled`` (list of
     flag names), ``dropped_captures``, ``last_capture_at``, ``camera_ok``,
-    ``camera_error``, ``wifi_signal_dbm``, ``agent_version``.
+    ``camera_error``, ``wifi_signal_dbm``, ``clock_offset_s``, ``agent_version``.
     """
     if "last_capture_at" in fields and isinstance(fields["last_capture_at"], datetime):
         fields["last_capture_at"] = format_time(fields["last_capture_at"])

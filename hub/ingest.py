@@ -25,6 +25,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from farmeye import protocol
@@ -261,8 +262,15 @@ class IngestServer:
         ):
             await self._refuse(link, "auth_failed", _auth_failed(device_id))
             return None
+        wants_time = protocol.HUB_TIME in hello.header.get("features", ())
         await link.send(
-            protocol.auth_ok(device_id, device.coop_id, device.farm_id, device.schedule)
+            protocol.auth_ok(
+                device_id,
+                device.coop_id,
+                device.farm_id,
+                device.schedule,
+                hub_time=datetime.now(UTC) if wants_time else None,
+            )
         )
         return device
 

@@ -116,7 +116,16 @@ def no_payload(headers: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
 
 messages = st.one_of(
     uploads(),
-    no_payload(st.builds(protocol.hello, device_ids, text.filter(bool))),
+    no_payload(
+        st.builds(
+            protocol.hello,
+            device_ids,
+            text.filter(bool),
+            st.lists(
+                st.from_regex(r"\A[a-z][a-z0-9_]{0,31}\Z"), unique=True, max_size=16
+            ),
+        )
+    ),
     no_payload(
         st.builds(
             protocol.challenge,
@@ -128,7 +137,12 @@ messages = st.one_of(
     no_payload(st.builds(protocol.auth, device_ids, st.just("ab" * 32))),
     no_payload(
         st.builds(
-            protocol.auth_ok, device_ids, entity_ids, entity_ids, st.none() | schedules
+            protocol.auth_ok,
+            device_ids,
+            entity_ids,
+            entity_ids,
+            st.none() | schedules,
+            st.none() | st.datetimes(timezones=st.just(UTC)),
         )
     ),
     no_payload(st.builds(protocol.ack, ids, st.integers(1, 2**53 - 1), st.booleans())),
@@ -409,6 +423,10 @@ def test_bad_header_fails_before_its_payload_arrives() -> None:
         (protocol.auth(DEVICE, "0" * 63), "proof"),
         (protocol.auth_ok(DEVICE, 0, 1), "coop_id"),
         (protocol.auth_ok(DEVICE, 1, 1, {"interval_s": 1}), "interval_s"),
+        ({**protocol.auth_ok(DEVICE, 1, 1), "hub_time": "yesterday"}, "hub_time"),
+        (protocol.hello(DEVICE, "1", ["Hub-Time"]), "features"),
+        (protocol.hello(DEVICE, "1", ["hub_time", "hub_time"]), "features"),
+        (protocol.health(clock_offset_s="3 h"), "clock_offset_s"),
         (protocol.command(1, "reboot"), "name"),
         (protocol.command(1, "capture_now", count=11), "count"),
         (protocol.command(1, "set_schedule"), "interval_s"),
