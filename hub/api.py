@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -27,7 +26,14 @@ from farmeye.imaging import ImageError
 from farmeye.labels import LABELS
 from hub import repository
 from hub.database import Database
-from hub.http import HttpError, Request, Response, Router, json_response
+from hub.http import (
+    HttpError,
+    Request,
+    Response,
+    Router,
+    json_response,
+    parse_time,
+)
 from hub.metrics import HubMetrics
 from hub.repository import CaptureQuery
 from hub.store import ImageStore
@@ -295,20 +301,6 @@ def capture_query(query: dict[str, str], scope: list[int] | None) -> CaptureQuer
         limit=_limit(query),
         after=after,
     )
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An RFC 3339 time, or a duration back from now such as ``30m`` or ``7d``."""
-    match = _DURATION.match(text.strip())
-    if match:
-        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def feedback_body(body: Any) -> tuple[str, str | None]:

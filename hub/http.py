@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -295,3 +295,18 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An RFC 3339 time, or a duration back from now such as ``30m`` or ``7d``,
+    as query parameters give them; ValueError for anything else."""
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

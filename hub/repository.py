@@ -12,13 +12,14 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg2.extras import Json, execute_values
 
 from farmeye.auth import new_token, token_hash
 from farmeye.db import Connection, farms_of_user, user_for_token
+from farmeye.events import make_event
 from hub.ingest import DeviceRecord
 
 
@@ -685,6 +686,157 @@ def add_feedback(
         "note": note,
         "created_at": created_at,
     }
+
+
+# Replay of the event stream
+
+
+@dataclass(frozen=True)
+class ReplayQuery:
+    """Which past events a reconnecting stream client asks for."""
+
+    farm_ids: list[int] | None
+    """The viewer's farms; None for every farm."""
+    since: datetime
+    limit: int
+    farm_id: int | None = None
+    coop_id: int | None = None
+    device_id: str | None = None
+
+
+_REPLAY_FILTER = """
+   AND (%(farms)s::bigint[] IS NULL OR c.farm_id = ANY(%(farms)s))
+   AND (%(farm)s::bigint IS NULL OR c.farm_id = %(farm)s)
+   AND (%(coop)s::bigint IS NULL OR c.coop_id = %(coop)s)
+   AND (%(device)s::text IS NULL OR c.device_id = %(device)s)
+"""
+
+_REPLAY_CAPTURES_SQL = (
+    """
+SELECT c.id, c.farm_id, c.coop_id, c.device_id, c.captured_at, c.received_at,
+       t.label, t.scores, t.model_version, t.latency_ms, t.created_at
+  FROM captures c LEFT JOIN triage_results t ON t.capture_id = c.id
+ WHERE c.received_at >= %(since)s"""
+    + _REPLAY_FILTER
+    + " ORDER BY c.received_at DESC, c.id DESC LIMIT %(limit)s"
+)
+
+_REPLAY_ANALYSES_SQL = (
+    """
+SELECT a.capture_id, c.farm_id, c.coop_id, c.device_id, a.model_version,
+       a.status, a.label, a.scores, a.error,
+       a.heatmap_png IS NOT NULL OR a.heatmap_map IS NOT NULL, a.created_at
+  FROM analyses a JOIN captures c ON c.id = a.capture_id
+ WHERE a.created_at >= %(since)s"""
+    + _REPLAY_FILTER
+    + " ORDER BY a.created_at DESC, a.id DESC LIMIT %(limit)s"
+)
+
+_REPLAY_ALERTS_SQL = """
+SELECT a.id, a.farm_id, a.coop_id, a.capture_id, a.label, a.level, a.message,
+       a.created_at
+  FROM alerts a
+ WHERE a.created_at >= %(since)s
+   AND %(device)s::text IS NULL
+   AND (%(farms)s::bigint[] IS NULL OR a.farm_id = ANY(%(farms)s))
+   AND (%(farm)s::bigint IS NULL OR a.farm_id = %(farm)s)
+   AND (%(coop)s::bigint IS NULL OR a.coop_id = %(coop)s)
+ ORDER BY a.created_at DESC, a.id DESC LIMIT %(limit)s
+"""
+
+
+def replay_events(connection: Connection, query: ReplayQuery) -> list[dict[str, Any]]:
+    """The capture, triage, analysis and alert events since ``query.since``,
+    rebuilt from their rows, oldest first: the newest ``query.limit`` of them.
+
+    Each carries ``replay: true`` and the time its row was written. Device
+    events (online, offline) are not kept and so not replayed.
+    """
+    params = {
+        "since": query.since,
+        "limit": query.limit,
+        "farms": query.farm_ids,
+        "farm": query.farm_id,
+        "coop": query.coop_id,
+        "device": query.device_id,
+    }
+    timed: list[tuple[datetime, dict[str, Any]]] = []
+    with connection.cursor() as cursor:
+        cursor.execute(_REPLAY_CAPTURES_SQL, params)
+        for row in cursor.fetchall():
+            timed.extend(_capture_events(row))
+        cursor.execute(_REPLAY_ANALYSES_SQL, params)
+        timed.extend((row[-1], _analysis_event(row)) for row in cursor.fetchall())
+        cursor.execute(_REPLAY_ALERTS_SQL, params)
+        timed.extend((row[-1], _alert_event(row)) for row in cursor.fetchall())
+    timed.sort(key=lambda pair: pair[0])
+    return [event for _, event in timed[-query.limit :]]
+
+
+def _capture_events(row: tuple[Any, ...]) -> list[tuple[datetime, dict[str, Any]]]:
+    capture_id, farm_id, coop_id, device_id, captured_at, received_at = row[:6]
+    label, scores, model_version, latency_ms, triaged_at = row[6:]
+    ids = {
+        "farm_id": farm_id,
+        "coop_id": coop_id,
+        "device_id": device_id,
+        "capture_id": capture_id,
+        "replay": True,
+    }
+    capture = make_event(
+        "capture",
+        **ids,
+        time=received_at.astimezone(UTC),
+        captured_at=captured_at.isoformat(),
+    )
+    if label is None:
+        return [(received_at, capture)]
+    triage = make_event(
+        "triage",
+        **ids,
+        time=triaged_at.astimezone(UTC),
+        label=label,
+        scores=scores,
+        model_version=model_version,
+        latency_ms=latency_ms,
+    )
+    return [(received_at, capture), (triaged_at, triage)]
+
+
+def _analysis_event(row: tuple[Any, ...]) -> dict[str, Any]:
+    capture_id, farm_id, coop_id, device_id, model_version = row[:5]
+    status, label, scores, error, heatmap, created_at = row[5:]
+    return make_event(
+        "analysis",
+        farm_id=farm_id,
+        coop_id=coop_id,
+        device_id=device_id,
+        capture_id=capture_id,
+        label=label,
+        scores=scores,
+        model_version=model_version,
+        time=created_at.astimezone(UTC),
+        status=status,
+        heatmap=bool(heatmap),
+        error=error,
+        replay=True,
+    )
+
+
+def _alert_event(row: tuple[Any, ...]) -> dict[str, Any]:
+    alert_id, farm_id, coop_id, capture_id, label, level, message, created_at = row
+    return make_event(
+        "alert",
+        farm_id=farm_id,
+        coop_id=coop_id,
+        capture_id=capture_id,
+        label=label,
+        time=created_at.astimezone(UTC),
+        alert_id=alert_id,
+        message=message,
+        level=level,
+        replay=True,
+    )
 
 
 # Alerts

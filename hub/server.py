@@ -15,6 +15,7 @@ import math
 import signal
 import ssl
 from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from hub.metrics import HubMetrics
 from hub.presence import Presence
 from hub.retention import Retention
 from hub.store import DiskImageStore, StoreError
-from hub.stream import EventStream
+from hub.stream import REPLAY_MAX_EVENTS, EventStream, StreamFilter
 from hub.triage_pool import TriagePool
 from hub.uploads import UploadPipeline
 from hub.users import Users
@@ -82,7 +83,7 @@ class Hub:
             self.metrics.photos_deleted,
         )
         self.users = Users(self.database, admin_user_ids)
-        self.stream = EventStream(self.users.viewer)
+        self.stream = EventStream(self.users.viewer, self._replay)
         self.bus = EventBus(redis_url, self.stream, self.metrics, events_channel)
         self.dispatcher = Dispatcher(
             redis_url,
@@ -184,6 +185,23 @@ class Hub:
             return float(self.store.free_bytes())
         except StoreError:
             return math.nan
+
+    async def _replay(
+        self, filters: StreamFilter, since: datetime
+    ) -> list[dict[str, Any]]:
+        """The events a reconnecting stream client missed, from PostgreSQL."""
+        numbers = [filters.farm_id, filters.coop_id]
+        if any(text is not None and not text.isdigit() for text in numbers):
+            return []  # no farm or coop has such an id: live events never match
+        query = repository.ReplayQuery(
+            farm_ids=filters.viewer.farm_scope(),
+            since=since,
+            limit=REPLAY_MAX_EVENTS,
+            farm_id=int(filters.farm_id) if filters.farm_id else None,
+            coop_id=int(filters.coop_id) if filters.coop_id else None,
+            device_id=filters.device_id,
+        )
+        return await self.database.run(repository.replay_events, query)
 
     async def health(self) -> dict[str, Any]:
         """What ``GET /healthz`` reports: each dependency ok or not."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -22,7 +23,8 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from hub.http import Request
+from farmeye.events import encode_event
+from hub.http import Request, parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,15 @@ CLOSE_TIMEOUT_S = 5.0
 
 MAX_CLIENT_MESSAGE_BYTES = 4096
 """Largest message a client may send; the stream ignores their content."""
+
+REPLAY_MAX_EVENTS = 1000
+"""Most past events a client asking with ``since=`` gets (the newest ones)."""
+
+REPLAY_MAX_AGE_S = 24 * 3600.0
+"""How far back ``since=`` may reach; older is taken as this far back."""
+
+MAX_HELD_EVENTS = 10_000
+"""Live events kept for a client while its replay is read."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,10 @@ class StreamFilter:
 
 Authenticator = Callable[[str], Awaitable[Viewer | None]]
 
+Replayer = Callable[[StreamFilter, datetime], Awaitable[list[dict[str, Any]]]]
+"""Reads the events a client missed since a time, oldest first, at most
+:data:`REPLAY_MAX_EVENTS` of them."""
+
 
 class StreamClient:
     """One WebSocket client of the event stream."""
@@ -109,10 +124,39 @@ class StreamClient:
         self.writer = writer
         self.filters = filters
         self.peer = str(writer.get_extra_info("peername"))
+        self.held: list[tuple[Mapping[str, Any], bytes]] | None = None
+        """Live events kept back while a replay is read; None when live."""
 
     @property
     def open(self) -> bool:
         return self.protocol.state is State.OPEN
+
+    def hold(self) -> None:
+        """Keep live events back until :meth:`replay` has sent the past ones."""
+        self.held = []
+
+    def replay(self, past: Sequence[Mapping[str, Any]]) -> None:
+        """Send ``past`` events, then the live ones held since :meth:`hold`,
+        skipping those the replay already carried."""
+        held, self.held = self.held or [], None
+        seen = {replay_key(event) for event in past}
+        for event in past:
+            self.send(encode_event(event, validate=False))
+        for event, message in held:
+            if replay_key(event) not in seen:
+                self.send(message)
+
+    def hold_back(self, event: Mapping[str, Any], message: bytes) -> None:
+        """Keep back a live event while the replay is read; send it if none is."""
+        if self.held is None:
+            self.send(message)
+        elif len(self.held) < MAX_HELD_EVENTS:
+            self.held.append((event, message))
+        else:
+            self.held = None
+            logger.info("closing event stream of %s: replay fell behind", self.peer)
+            self.protocol.fail(CloseCode.TRY_AGAIN_LATER, "replay fell behind")
+            self.flush()
 
     def send(self, message: bytes) -> None:
         """Queue a text frame without waiting; close a client that lags."""
@@ -188,8 +232,11 @@ class StreamClient:
 class EventStream:
     """The clients of this hub's event stream and the broadcast to them."""
 
-    def __init__(self, authenticate: Authenticator) -> None:
+    def __init__(
+        self, authenticate: Authenticator, replay: Replayer | None = None
+    ) -> None:
         self._authenticate = authenticate
+        self._replay = replay
         self.clients: set[StreamClient] = set()
 
     def broadcast(self, event: Mapping[str, Any], message: bytes) -> int:
@@ -197,7 +244,10 @@ class EventStream:
         sent = 0
         for client in list(self.clients):
             if client.filters.matches(event):
-                client.send(message)
+                if client.held is None:
+                    client.send(message)
+                else:
+                    client.hold_back(event, message)
                 sent += 1
         return sent
 
@@ -220,12 +270,15 @@ class EventStream:
         assert isinstance(handshake, WsRequest)  # noqa: S101
 
         filters = await self._filters(request)
+        since = _since(request) if filters is not None else None
         if filters is None:
             response = protocol.reject(
                 HTTPStatus.UNAUTHORIZED,
                 "a valid token is required: add ?token=... or an "
                 "Authorization: Bearer header\n",
             )
+        elif isinstance(since, str):
+            response = protocol.reject(HTTPStatus.BAD_REQUEST, since)
         else:
             response = protocol.accept(handshake)
         protocol.send_response(response)
@@ -238,10 +291,25 @@ class EventStream:
         self.clients.add(client)
         logger.info("event stream opened by %s for %s", request.peer, filters)
         try:
+            if isinstance(since, datetime):
+                await self._catch_up(client, since)
             await client.run(reader)
         finally:
             self.clients.discard(client)
             logger.info("event stream of %s closed", request.peer)
+
+    async def _catch_up(self, client: StreamClient, since: datetime) -> None:
+        """Send what the client missed since ``since``, then the live events."""
+        if self._replay is None:
+            return
+        client.hold()
+        try:
+            past = await self._replay(client.filters, since)
+        except Exception as exc:  # the database is down: say so, do not hide it
+            logger.warning("cannot replay events for %s: %s", client.peer, exc)
+            client.close(CloseCode.TRY_AGAIN_LATER, "history unavailable; retry")
+            return
+        client.replay(past)
 
     async def _filters(self, request: Request) -> StreamFilter | None:
         token = bearer_token(request)
@@ -258,6 +326,32 @@ class EventStream:
 
 
 _NOBODY = StreamFilter(Viewer(user_id=None, name="", roles={}))
+
+
+def _since(request: Request) -> datetime | str | None:
+    """The ``since=`` of a stream request, clamped to REPLAY_MAX_AGE_S; the
+    reason as text when it is not a time."""
+    raw = request.query.get("since")
+    if not raw:
+        return None
+    try:
+        since = parse_time(raw)
+    except ValueError:
+        return "since must be an RFC 3339 time or a duration such as 10m\n"
+    oldest = datetime.now(UTC) - timedelta(seconds=REPLAY_MAX_AGE_S)
+    return max(since, oldest)
+
+
+def replay_key(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two events the same fact: a replayed one and its live twin."""
+    kind = event.get("type")
+    if kind == "alert":
+        return (kind, event.get("alert_id"))
+    if kind == "analysis":
+        return (kind, event.get("capture_id"), event.get("model_version"))
+    if kind in ("capture", "triage"):
+        return (kind, event.get("capture_id"))
+    return (kind, id(event))  # device events are never replayed
 
 
 def bearer_token(request: Request) -> str | None:

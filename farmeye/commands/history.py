@@ -43,7 +43,7 @@ def history(
     config_file: Path | None,
 ) -> None:
     """List recent captures with their triage and analysis verdicts."""
-    from hub.api import parse_time
+    from hub.http import parse_time
     from hub.repository import CaptureQuery, list_captures
 
     try:

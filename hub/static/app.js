@@ -114,20 +114,31 @@ function showEvent(event) {
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
 
+let lastEventTime = null;  // of the newest event seen: where a reconnect resumes
+
 function connectStream(delayMs = 1000) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const url = `${scheme}://${location.host}/ws/events?token=${encodeURIComponent(token)}`;
+  let url = `${scheme}://${location.host}/ws/events?token=${encodeURIComponent(token)}`;
+  if (lastEventTime) url += `&since=${encodeURIComponent(lastEventTime)}`;
   const socket = new WebSocket(url);
   socket.onopen = () => { setStatus("live"); delayMs = 1000; };
   socket.onmessage = (message) => {
     const event = JSON.parse(message.data);
+    if (event.type !== "device" && (!lastEventTime || event.time > lastEventTime)) {
+      lastEventTime = event.time;
+    }
     showEvent(event);
+    // Missed events only fill the log: the reload on reconnecting showed their captures.
+    if (event.replay) return;
     if (event.capture_id && event.type !== "alert") refreshCapture(event.capture_id);
     if (event.type === "alert") loadAlerts();
   };
   socket.onclose = () => {
     setStatus("reconnecting…");
-    setTimeout(() => connectStream(Math.min(delayMs * 2, 30000)), delayMs);
+    setTimeout(() => {
+      loadCaptures().then(loadAlerts).catch(() => {}).then(
+        () => connectStream(Math.min(delayMs * 2, 30000)));
+    }, delayMs);
   };
 }
 
