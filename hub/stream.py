@@ -307,6 +307,7 @@ class EventStream:
             past = await self._replay(client.filters, since)
         except Exception as exc:  # the database is down: say so, do not hide it
             logger.warning("cannot replay events for %s: %s", client.peer, exc)
+            client.held = None
             client.close(CloseCode.TRY_AGAIN_LATER, "history unavailable; retry")
             return
         client.replay(past)
