@@ -46,6 +46,9 @@ from farmeye.device_client import Welcome
 
 logger = logging.getLogger(__name__)
 
+RETIME_AFTER_S = 5.0
+"""A handshake that moves the agent's clock by more re-times the schedule."""
+
 SCHEDULE_FILE = "schedule.json"
 """In the state folder: the last schedule the hub pushed, kept across restarts."""
 
@@ -204,6 +207,8 @@ class Agent:
     # Hub
 
     def _welcome(self, welcome: Welcome) -> None:
+        if self.clock is not None and abs(self.clock.last_jump_s) > RETIME_AFTER_S:
+            self.scheduler.retime()
         if welcome.schedule is not None:
             pushed = self.scheduler.schedule.with_hub_args(welcome.schedule)
             if pushed != self.scheduler.schedule:

@@ -79,6 +79,8 @@ class HubClock:
         self._sync: _Sync | None = None
         self.offset_s: float | None = None
         """The hub's clock minus the Pi's at the last handshake."""
+        self.last_jump_s = 0.0
+        """How far :meth:`now` moved at the last :meth:`sync`."""
 
     @property
     def correcting(self) -> bool:
@@ -88,9 +90,11 @@ class HubClock:
     def sync(self, hub_time: datetime) -> None:
         """Take the hub's clock from a handshake that just ended (``Welcome``)."""
         was_correcting = self.correcting
+        before = self.now()
         offset_s = (hub_time - self._wall()).total_seconds()
         self.offset_s = offset_s
         self._sync = _Sync(self._boot(), hub_time)
+        self.last_jump_s = (self.now() - before).total_seconds()
         if self.correcting and not was_correcting:
             logger.warning(
                 "this camera's clock is %s the hub's; capture times and the "

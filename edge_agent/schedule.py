@@ -131,6 +131,11 @@ class _CaptureNow:
 
 
 @dataclass(frozen=True)
+class _Retime:
+    pass
+
+
+@dataclass(frozen=True)
 class _NewSchedule:
     schedule: Schedule
 
@@ -152,7 +157,9 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_schedule_change = on_schedule_change
-        self._requests: asyncio.Queue[_CaptureNow | _NewSchedule] = asyncio.Queue()
+        self._requests: asyncio.Queue[_CaptureNow | _NewSchedule | _Retime] = (
+            asyncio.Queue()
+        )
         self.next_at: datetime | None = None
 
     # Requests from the hub
@@ -164,6 +171,14 @@ class Scheduler:
     def set_schedule(self, schedule: Schedule) -> None:
         """Replace the schedule; the next photo is timed from now."""
         self._requests.put_nowait(_NewSchedule(schedule))
+
+    def retime(self) -> None:
+        """Time the next photo from now again, after the clock jumped.
+
+        A clock set back by hours would otherwise leave the next photo
+        hours away; one set forward would make it due at once.
+        """
+        self._requests.put_nowait(_Retime())
 
     def handle_command(self, header: Mapping[str, Any]) -> None:
         """Act on a ``command`` frame from the hub (already schema-checked)."""
@@ -189,10 +204,16 @@ class Scheduler:
             elif isinstance(request, _CaptureNow):
                 for _ in range(request.count):
                     await self._capture("command")
+            elif isinstance(request, _Retime):
+                self.next_at = self.schedule.next_capture(self._clock(), self._rng)
+                logger.info(
+                    "the clock moved; next photo at %s",
+                    self.next_at.isoformat(timespec="seconds"),
+                )
             else:
                 self._apply(request.schedule)
 
-    async def _wait_for_request(self) -> _CaptureNow | _NewSchedule | None:
+    async def _wait_for_request(self) -> _CaptureNow | _NewSchedule | _Retime | None:
         """The next hub request, or ``None`` once the next photo is due."""
         assert self.next_at is not None  # noqa: S101 (set by run)
         while True:

@@ -69,6 +69,7 @@ def test_a_clock_off_by_hours_follows_the_hub_after_a_handshake(
     clocks.advance(60, wall_jump_s=-30)  # the Pi's clock also stumbles
 
     assert clock.correcting
+    assert clock.last_jump_s == SKEW.total_seconds()
     assert clock.now() == HUB_TIME + timedelta(seconds=60)
     taken = clocks.wall() - timedelta(seconds=1)
     assert clock.convert(taken) == clock.now() - timedelta(seconds=1)
@@ -81,7 +82,7 @@ def test_a_clock_close_to_the_hubs_is_left_alone() -> None:
     clock = hub_clock(clocks)
     clock.sync(clocks.wall() + timedelta(seconds=0.4))
     clocks.advance(3600)
-    assert not clock.correcting
+    assert not clock.correcting and clock.last_jump_s == 0
     assert clock.now() == clocks.wall()
     assert clock.convert(clocks.wall()) == clocks.wall()
     assert clock.offset_s == 0.4

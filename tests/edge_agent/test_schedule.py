@@ -158,6 +158,27 @@ def test_set_schedule_command_retimes_the_next_photo() -> None:
     assert scheduler.next_at == at(12, 10)
 
 
+def test_retime_after_the_clock_went_back_times_the_next_photo_from_now() -> None:
+    """A Pi three hours ahead learns the hub's time: its next photo is an
+    interval from the new now, not three hours and an interval."""
+    now = [at(15)]
+
+    async def scenario() -> tuple[datetime | None, datetime | None]:
+        scheduler = Scheduler(
+            Schedule(interval_s=600), Recorder(), clock=lambda: now[0]
+        )
+        task = asyncio.create_task(scheduler.run())
+        await asyncio.sleep(0.05)
+        before = scheduler.next_at
+        now[0] = at(12)
+        scheduler.retime()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return before, scheduler.next_at
+
+    assert asyncio.run(scenario()) == (at(15, 10), at(12, 10))
+
+
 def test_scheduled_photos_follow_the_interval() -> None:
     """With a short interval the loop keeps capturing on schedule."""
 
