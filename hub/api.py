@@ -259,19 +259,28 @@ class Api:
             raise HttpError(
                 403, "only a manager or admin of the farm may command devices"
             )
+        if name == "set_schedule":
+            # Kept first: a device that is offline, or reconnects before the
+            # frame reaches it, gets it in its next auth_ok.
+            await self._run(repository.set_device_schedule, device_id, args)
         try:
-            command_id = await self.context.send_command(device_id, name, args)
+            command_id: int | None = await self.context.send_command(
+                device_id, name, args
+            )
         except KeyError:
-            raise HttpError(
-                409,
-                f"device {device_id} is not connected to this hub; retry when "
-                "it is online",
-            ) from None
+            if name != "set_schedule":
+                raise HttpError(
+                    409,
+                    f"device {device_id} is not connected to this hub; retry "
+                    "when it is online",
+                ) from None
+            command_id = None
         document = {
             "device_id": device_id,
             "command_id": command_id,
             "name": name,
             "args": args,
+            "delivered": command_id is not None,
         }
         return json_response(document, 202)
 

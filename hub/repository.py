@@ -74,17 +74,35 @@ def find_device(connection: Connection, device_id: str) -> DeviceRecord | None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT d.id, c.farm_id, d.coop_id, d.salt, d.verifier, d.iterations,"
-            "       d.revoked_at IS NOT NULL"
+            "       d.revoked_at IS NOT NULL, d.schedule"
             "  FROM devices d JOIN coops c ON c.id = d.coop_id WHERE d.id = %s",
             (device_id,),
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    device_id, farm_id, coop_id, salt, verifier, iterations, revoked = row
+    device_id, farm_id, coop_id, salt, verifier, iterations, revoked, schedule = row
     return DeviceRecord(
-        device_id, farm_id, coop_id, salt, bytes(verifier), iterations, revoked
+        device_id,
+        farm_id,
+        coop_id,
+        salt,
+        bytes(verifier),
+        iterations,
+        revoked,
+        schedule,
     )
+
+
+def set_device_schedule(
+    connection: Connection, device_id: str, schedule: Mapping[str, Any]
+) -> None:
+    """Keep the schedule the hub gave a device, for its next ``auth_ok``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE devices SET schedule = %s WHERE id = %s",
+            (Json(dict(schedule)), device_id),
+        )
 
 
 def set_online(
@@ -136,7 +154,7 @@ def list_devices(
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT d.id, d.name, c.farm_id, d.coop_id, c.name, d.online,"
-            "       d.last_seen_at, d.revoked_at, d.created_at"
+            "       d.last_seen_at, d.revoked_at, d.created_at, d.schedule"
             "  FROM devices d JOIN coops c ON c.id = d.coop_id"
             " WHERE %(all)s OR c.farm_id = ANY(%(farms)s)"
             " ORDER BY c.farm_id, c.name, d.name",
@@ -152,6 +170,7 @@ def list_devices(
             "last_seen_at",
             "revoked_at",
             "created_at",
+            "schedule",
         )
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

@@ -271,12 +271,13 @@ def test_photo_thumbnail_heatmap_and_feedback(
 def test_command_reaches_connected_device(
     tmp_path: Path, db_url: str, redis_db_url: str
 ) -> None:
-    """POST /api/devices/{id}/commands delivers a command frame to the camera."""
+    """POST /api/devices/{id}/commands delivers a command frame to the camera;
+    a photo cannot be asked of a camera that is not connected."""
     camera, absent = add_camera(db_url), add_camera(db_url)
     token = add_user(db_url, "ann", "farm-a")
     body = {"name": "set_schedule", "args": {"interval_s": 60}}
 
-    async def scenario() -> tuple[dict[str, Any], int, int, int]:
+    async def scenario() -> tuple[dict[str, Any], Any, int, int]:
         received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         async with running_hub(hub_settings(tmp_path), db_url, redis_db_url) as hub:
             async with client_for(hub, camera, on_command=received.put_nowait):
@@ -285,9 +286,42 @@ def test_command_reaches_connected_device(
                 command = await asyncio.wait_for(received.get(), 10)
                 bad = await http_get(hub, path, token, "POST", {"name": "explode"})
             path = f"/api/devices/{absent.device_id}/commands"
-            offline = await http_get(hub, path, token, "POST", body)
-            return command, sent[0], bad[0], offline[0]
+            photo_now = {"name": "capture_now", "args": {"count": 1}}
+            offline = await http_get(hub, path, token, "POST", photo_now)
+            return command, sent, bad[0], offline[0]
 
     command, sent, bad, offline = asyncio.run(scenario())
     assert (command["name"], command["args"]) == ("set_schedule", {"interval_s": 60})
-    assert (sent, bad, offline) == (202, 400, 409)
+    assert sent[0] == 202 and json.loads(sent[2])["delivered"] is True
+    assert (bad, offline) == (400, 409)
+
+
+def test_schedule_for_an_offline_camera_is_kept_for_its_next_connection(
+    tmp_path: Path, db_url: str, redis_db_url: str
+) -> None:
+    """set_schedule to a camera that is away is stored and comes in the
+    auth_ok of its next connection, to this hub or another."""
+    camera = add_camera(db_url)
+    token = add_user(db_url, "ann", "farm-a")
+    schedule = {
+        "interval_s": 300,
+        "active_start_utc": "05:00",
+        "active_end_utc": "21:00",
+    }
+    body = {"name": "set_schedule", "args": schedule}
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        async with running_hub(hub_settings(tmp_path), db_url, redis_db_url) as hub:
+            path = f"/api/devices/{camera.device_id}/commands"
+            queued = await http_get(hub, path, token, "POST", body)
+            async with client_for(hub, camera) as client:
+                welcome = client.welcome
+            listed = await http_get(hub, "/api/devices", token)
+        return queued, welcome, json.loads(listed[2])["devices"]
+
+    queued, welcome, devices = asyncio.run(scenario())
+    assert queued[0] == 202
+    reply = json.loads(queued[2])
+    assert (reply["delivered"], reply["command_id"]) == (False, None)
+    assert welcome is not None and welcome.schedule == schedule
+    assert [device["schedule"] for device in devices] == [schedule]
