@@ -171,7 +171,10 @@ class DeviceClient:
         hub_time = None
         if "hub_time" in accepted:
             half_trip = timedelta(seconds=(time.monotonic() - sent_s) / 2)
-            hub_time = datetime.fromisoformat(accepted["hub_time"]) + half_trip
+            try:
+                hub_time = datetime.fromisoformat(accepted["hub_time"]) + half_trip
+            except (ValueError, OverflowError):  # the pattern allows month 13
+                logger.warning("ignoring the hub's clock %r", accepted["hub_time"])
         return Welcome(
             device_id=accepted["device_id"],
             coop_id=accepted["coop_id"],

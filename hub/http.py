@@ -307,6 +307,9 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     match = _DURATION.match(text.strip())
     if match:
         seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(f"{text.strip()[:40]} reaches before year 1") from None
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -7,6 +7,7 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from edge_agent.agent import Agent
 from edge_agent.clock import HubClock
 from edge_agent.config import load_config
 from farmeye import protocol
+from farmeye.auth import DeviceCredentials
 from farmeye.device_client import DeviceClient, parse_address
 from tests.edge_agent.support import (
     Camera,
@@ -105,6 +107,46 @@ def test_photos_stamped_before_the_first_handshake_are_retimed() -> None:
     assert clock.restamp(PI_TIME, other_boot) == PI_TIME
     assert clock.restamp(PI_TIME, None) == PI_TIME
     assert clock.restamp(PI_TIME, {"boot_id": "boot-a", "boot_s": "x"}) == PI_TIME
+
+
+def test_a_malformed_hub_time_is_ignored_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hub_time that fits the schema's pattern but is no date (month 13)
+    leaves the device on its own clock; the handshake still succeeds."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = protocol.FrameDecoder()
+        frames: list[protocol.Frame] = []
+        for answer in (
+            protocol.challenge("ab" * 16, "cd" * 8, 10_000),
+            {**protocol.auth_ok(DEVICE, 1, 1), "hub_time": "2026-13-45T10:00:00Z"},
+        ):
+            while not frames:
+                frames.extend(decoder.feed(await reader.read(65536)))
+            frames.pop(0)
+            writer.write(protocol.encode(answer))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def scenario() -> Any:
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        credentials = DeviceCredentials(DEVICE, "a-secret")
+        async with server:
+            async with DeviceClient(
+                credentials, "127.0.0.1", port, sync_clock=True
+            ) as c:
+                return c.welcome
+
+    with caplog.at_level(logging.WARNING, logger="farmeye.device_client"):
+        welcome = asyncio.run(scenario())
+    assert welcome is not None and welcome.hub_time is None
+    assert "ignoring the hub's clock" in caplog.text
+
+
+DEVICE = "dev_0123456789abcdef0123"
 
 
 # Against a real hub

@@ -89,6 +89,8 @@ def test_capture_history_pages_with_cursor_and_filters(
                 cursor = f"&cursor={page['next_cursor']}"
             path = f"/api/captures?coop={other.coop_id}"
             by_coop = json.loads((await http_get(hub, path, token))[2])
+            too_far = await http_get(hub, "/api/captures?since=99999999999d", token)
+            assert too_far[0] == 400, too_far
             return pages, by_coop, ids
 
     pages, by_coop, ids = asyncio.run(scenario())
