@@ -44,6 +44,7 @@ class CacheSpec:
     sizes: tuple[int, ...]
     seed: int
     weights: str
+    stem_layer: str
 
     def key(self) -> str:
         text = json.dumps(
@@ -53,6 +54,7 @@ class CacheSpec:
                 "sizes": self.sizes,
                 "seed": self.seed,
                 "weights": self.weights,
+                "stem_layer": self.stem_layer,
                 "format": 2,
             }
         )

@@ -38,7 +38,12 @@ from training.dataset import (
 from training.features import CacheSpec, FeatureCache, build_cache
 from training.loop import Stage, ViewBatches, fit, predict_logits
 from training.metrics import fit_temperature, softmax
-from training.model import Architecture, full_architecture, triage_architecture
+from training.model import (
+    STEM_LAYER,
+    Architecture,
+    full_architecture,
+    triage_architecture,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class TrainConfig:
     full_views: tuple[str, ...] = ("identity", "flip_h", "flip_v")
     """Views the full model averages at inference (farmeye.models.VIEWS)."""
     triage_size: int = 128
+    stem_layer: str = STEM_LAYER
+    """Last frozen backbone layer of both models (training.model.STEM_LAYERS)."""
     val_share: float = 0.15
     calibration_share: float = 0.10
     batch_size: int = 64
@@ -114,8 +121,12 @@ def run(config: TrainConfig, progress: Progress | None = None) -> dict[str, Any]
         len(splits.validation),
     )
 
-    full = full_architecture(config.full_size, config.backbone_weights)
-    triage = triage_architecture(config.triage_size, config.backbone_weights)
+    full = full_architecture(
+        config.full_size, config.backbone_weights, stem_layer=config.stem_layer
+    )
+    triage = triage_architecture(
+        config.triage_size, config.backbone_weights, stem_layer=config.stem_layer
+    )
     caches = _caches(
         config, splits, {config.full_size: full, config.triage_size: triage}, progress
     )
@@ -176,7 +187,12 @@ def _caches(
         ("validation", splits.validation, 1),
     ):
         spec = CacheSpec(
-            tuple(samples), views, sizes, config.seed, config.backbone_weights
+            tuple(samples),
+            views,
+            sizes,
+            config.seed,
+            config.backbone_weights,
+            config.stem_layer,
         )
         report = None
         if progress is not None:

@@ -66,6 +66,13 @@ from farmeye.imaging import ImageError
     help="Input side of the triage model in pixels.",
 )
 @click.option(
+    "--stem-layer",
+    type=click.Choice(["block_5_add", "block_9_add", "block_12_add"]),
+    default="block_5_add",
+    show_default=True,
+    help="Last frozen MobileNetV2 layer; everything above it is fine-tuned.",
+)
+@click.option(
     "--batch-size", default=64, show_default=True, help="Training batch size."
 )
 @click.option(
