@@ -187,6 +187,11 @@ class HttpServer:
             await self._serve_requests(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             logger.debug("HTTP client %s went away", peer)
+        except asyncio.CancelledError:
+            # close() cancels idle keep-alive connections. Ending the handler
+            # quietly keeps asyncio (3.11) from logging the cancellation as
+            # an error in the server's own callback.
+            logger.debug("HTTP connection from %s closed with the server", peer)
         except Exception:
             logger.exception("HTTP connection from %s failed", peer)
         finally:

@@ -174,7 +174,12 @@ class StreamClient:
             if data:
                 self.writer.write(data)
             elif self.writer.can_write_eof():
-                self.writer.write_eof()
+                try:
+                    self.writer.write_eof()
+                except OSError:
+                    # The client reset the connection first (a closed tab):
+                    # there is nothing left to half-close.
+                    return
 
     async def run(self, reader: asyncio.StreamReader) -> None:
         """Answer pings and close frames until the client leaves."""

@@ -58,7 +58,10 @@ function captureCard(capture) {
 
 function updateCard(card, capture) {
   const caption = card.querySelector("figcaption");
-  const triage = capture.triage || {};
+  // A triage verdict once shown stays: a read that an older request answered
+  // late, or that came before the hub stored the verdict, does not have it.
+  card.triage = capture.triage || card.triage;
+  const triage = card.triage || {};
   const analysis = capture.analysis || {};
   caption.innerHTML = "";
   const lines = [
@@ -91,8 +94,13 @@ async function loadAlerts() {
   if (!page.alerts.length) list.textContent = "none";
 }
 
-async function refreshCapture(id) {
+async function refreshCapture(id, event) {
   const capture = await api(`/api/captures/${id}`);
+  // The hub announces a triage verdict while it stores it, so the capture
+  // read back may not carry it yet: the event's own verdict stands in.
+  if (event.type === "triage" && event.label && !capture.triage) {
+    capture.triage = { label: event.label, scores: event.scores };
+  }
   const grid = document.getElementById("captures");
   const existing = document.getElementById(`capture-${id}`);
   if (existing) {
@@ -130,8 +138,12 @@ function connectStream(delayMs = 1000) {
     showEvent(event);
     // Missed events only fill the log: the reload on reconnecting showed their captures.
     if (event.replay) return;
-    if (event.capture_id && event.type !== "alert") refreshCapture(event.capture_id);
-    if (event.type === "alert") loadAlerts();
+    // A read that fails (the hub going away) leaves the page as it was: the
+    // reload when the stream reconnects puts it right.
+    if (event.capture_id && event.type !== "alert") {
+      refreshCapture(event.capture_id, event).catch(() => {});
+    }
+    if (event.type === "alert") loadAlerts().catch(() => {});
   };
   socket.onclose = () => {
     setStatus("reconnecting…");

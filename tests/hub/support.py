@@ -8,7 +8,7 @@ import io
 import json
 import random
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,13 @@ async def next_event(
                 event.get(k) == v for k, v in match.items()
             ):
                 return event  # type: ignore[no-any-return]
+
+
+async def wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll ``check`` until it holds."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.1)
 
 
 async def http_get(

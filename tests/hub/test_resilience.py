@@ -30,6 +30,7 @@ from tests.hub.support import (
     photo,
     running_hub,
     sql,
+    wait_for,
 )
 
 HUB_LINE = re.compile(r"hub: ingest (\S+):(\d+) http (\S+)")
@@ -103,13 +104,6 @@ def test_acked_upload_survives_sigkill_of_the_hub(
 async def upload_once(camera: Camera, address: tuple[str, int], data: bytes) -> Ack:
     async with DeviceClient(camera.credentials, *address) as client:
         return await client.upload(data)
-
-
-async def wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll ``check`` until it holds."""
-    async with asyncio.timeout(timeout_s):
-        while not check():
-            await asyncio.sleep(0.1)
 
 
 def test_capture_stays_pending_while_redis_is_down_and_is_sent_after(
