@@ -64,6 +64,9 @@ class Stage:
     epochs: int
     learning_rate: float
     train_top: bool
+    ema_momentum: float | None = None
+    """Keep an exponential moving average of the weights and end the stage
+    with it (None: end with the last step's weights)."""
 
 
 class Checkpoint(keras.callbacks.Callback):  # type: ignore[misc]
@@ -107,8 +110,13 @@ def fit(
         schedule = keras.optimizers.schedules.CosineDecay(
             stage.learning_rate, decay_steps=steps, alpha=0.05
         )
+        optimizer = keras.optimizers.Adam(
+            schedule,
+            use_ema=stage.ema_momentum is not None,
+            ema_momentum=stage.ema_momentum or 0.99,
+        )
         arch.trainer.compile(
-            optimizer=keras.optimizers.Adam(schedule),
+            optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=label_smoothing
             ),
@@ -125,6 +133,9 @@ def fit(
             callbacks=[Checkpoint(folder, arch.kind, stage.name, history)],
             verbose=0,
         )
+        # fit() ends by writing the averaged weights into the model; keep
+        # them, not the last step's, for a run that resumes after this stage.
+        arch.trainer.save_weights(folder / f"{arch.kind}.weights.h5")
     return history
 
 

@@ -57,10 +57,14 @@ class TrainConfig:
     dataset_dir: Path
     out_dir: Path
     backbone_weights: str = "imagenet"
-    epochs: int = 12
+    epochs: int = 16
     head_epochs: int = 4
+    triage_epochs: int = 24
+    """Fine-tuning epochs of the triage model (its epochs cost a third)."""
+    ema_momentum: float | None = 0.995
+    """Fine-tuning ends with the moving average of the weights (None: off)."""
     seed: int = 0
-    views: int = 6
+    views: int = 10
     full_size: int = 224
     full_views: tuple[str, ...] = ("identity", "flip_h", "flip_v")
     """Views the full model averages at inference (farmeye.models.VIEWS)."""
@@ -217,11 +221,15 @@ def _weights(cache: FeatureCache) -> np.ndarray:
     return np.array([per_label[int(y)] for y in cache.labels], dtype=np.float32)
 
 
-def _stages(config: TrainConfig) -> list[Stage]:
+def _stages(config: TrainConfig, epochs: int) -> list[Stage]:
     return [
         Stage("head", config.head_epochs, config.learning_rate, train_top=False),
         Stage(
-            "fine_tune", config.epochs, config.fine_tune_learning_rate, train_top=True
+            "fine_tune",
+            epochs,
+            config.fine_tune_learning_rate,
+            train_top=True,
+            ema_momentum=config.ema_momentum,
         ),
     ]
 
@@ -241,7 +249,7 @@ def _fit_full(
     val = caches["validation"]
     return fit(
         full,
-        _stages(config),
+        _stages(config, config.epochs),
         batches,
         (np.asarray(val.features[config.full_size][:, 0], np.float32), val.labels),
         out / "checkpoints",
@@ -271,7 +279,7 @@ def _fit_triage(
     val = caches["validation"]
     return fit(
         triage,
-        _stages(config),
+        _stages(config, config.triage_epochs),
         batches,
         (np.asarray(val.features[config.triage_size][:, 0], np.float32), val.labels),
         out / "checkpoints",

@@ -25,15 +25,28 @@ from farmeye.imaging import ImageError
 )
 @click.option(
     "--epochs",
-    default=12,
+    default=16,
     show_default=True,
-    help="Fine-tuning epochs (after the head-only epochs).",
+    help="Fine-tuning epochs of the full model (after the head-only epochs).",
+)
+@click.option(
+    "--triage-epochs",
+    default=24,
+    show_default=True,
+    help="Fine-tuning epochs of the triage model (after the head-only epochs).",
 )
 @click.option(
     "--head-epochs",
     default=4,
     show_default=True,
     help="Epochs that train the classifier head alone first.",
+)
+@click.option(
+    "--ema-momentum",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.995,
+    show_default=True,
+    help="Fine-tuning ends with this moving average of the weights; 0 turns it off.",
 )
 @click.option(
     "--seed",
@@ -49,7 +62,7 @@ from farmeye.imaging import ImageError
 )
 @click.option(
     "--views",
-    default=6,
+    default=10,
     show_default=True,
     help="Views cached per training photo (1 plain, the rest augmented).",
 )
@@ -101,6 +114,7 @@ def train(dataset_dir: Path, out_dir: Path, ship: bool, **options: Any) -> None:
     from training.card import ship as ship_models
     from training.train import TrainConfig, run
 
+    options["ema_momentum"] = options["ema_momentum"] or None
     config = TrainConfig(dataset_dir=dataset_dir, out_dir=out_dir, **options)
     metrics = run(config, progress=_progress_printer())
     for kind, result in metrics["validation"].items():

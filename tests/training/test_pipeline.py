@@ -18,7 +18,7 @@ from training.dataset import load_samples
 from training.features import _views_of
 
 TINY = [
-    "--epochs", "1", "--head-epochs", "1", "--views", "2",
+    "--epochs", "1", "--head-epochs", "1", "--triage-epochs", "1", "--views", "2",
     "--full-size", "96", "--triage-size", "64", "--per-label-limit", "12",
 ]  # fmt: skip
 

@@ -57,8 +57,8 @@ def test_triage_file_is_small_enough_for_a_pi():
 def test_full_model_on_held_out_photos(held_out: list[Sample]):
     """The full model is accurate on every label of held-out photos."""
     result = evaluate_folder_model(SHIPPED_DIR, "full", held_out, labels_of(held_out))
-    assert result["accuracy"] >= 0.95
-    assert result["macro_f1"] >= 0.95
+    assert result["accuracy"] >= 0.96
+    assert result["macro_f1"] >= 0.96
     for label in LABELS:
         assert result["per_class"][label]["recall"] >= 0.9, label
 
@@ -67,4 +67,4 @@ def test_triage_model_on_held_out_photos(held_out: list[Sample]):
     """Triage rarely calls a sick bird healthy and is mostly right."""
     result = evaluate_folder_model(SHIPPED_DIR, "triage", held_out, labels_of(held_out))
     assert result["sick_recall"] >= 0.98
-    assert result["accuracy"] >= 0.9
+    assert result["accuracy"] >= 0.93
