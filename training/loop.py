@@ -66,7 +66,8 @@ class Stage:
     train_top: bool
     ema_momentum: float | None = None
     """Keep an exponential moving average of the weights and end the stage
-    with it (None: end with the last step's weights)."""
+    with it (None: end with the last step's weights). A stage resumed midway
+    averages from the epoch it resumed at."""
 
 
 class Checkpoint(keras.callbacks.Callback):  # type: ignore[misc]
